@@ -1,0 +1,214 @@
+"""Typed configuration, one small model per stage, loaded from YAML in a separate step.
+
+Every stage object is built from plain keyword arguments (its section below); reading
+YAML, merging a cruise's own ``cruise.yaml`` and reporting mistakes happen here only. A
+wrong key or value fails at start with the file, the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_VERSION = 1
+Polarity = Literal["dark_on_bright", "bright_on_dark"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message names file, key and remedy."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InstrumentConfig(_Section):
+    """What the camera is: polarity, scale, sampled volume and how it names its frames."""
+
+    name: str = "ISIIS"
+    polarity: Polarity = "dark_on_bright"  # shadowgraph (ISIIS) or lit (UVP)
+    pixel_size_um: float = Field(10.0, gt=0)
+    volume_per_frame_l: float = Field(1.0, gt=0)
+    frame_rate_hz: float = Field(2.0, gt=0)
+    # The frame's UTC time is read from its file name: `timestamp_regex` must have a group
+    # named `ts`, parsed with `timestamp_format` (strptime). Frames without a match fall
+    # back to the index file or file order.
+    timestamp_regex: str = r"(?P<ts>\d{8}_\d{6}_\d{3})"
+    timestamp_format: str = "%Y%m%d_%H%M%S_%f"
+    extensions: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+    @model_validator(mode="after")
+    def _regex_has_ts(self) -> "InstrumentConfig":
+        import re
+
+        try:
+            rx = re.compile(self.timestamp_regex)
+        except re.error as e:
+            raise ValueError(f"timestamp_regex is not a valid regular expression: {e}") from None
+        if "ts" not in rx.groupindex:
+            raise ValueError("timestamp_regex needs a named group (?P<ts>...) around the timestamp")
+        return self
+
+
+class TilingConfig(_Section):
+    tile_size: int = Field(512, ge=64, le=4096)
+    overlap: int = Field(64, ge=8)  # px shared by neighbouring tiles: where seams are decided
+    skip_empty: bool = True
+    fg_contrast: float = Field(12.0, gt=0)  # grey levels from the local background that count as foreground
+    fg_min_pixels: int = Field(3, ge=1)  # foreground pixels (downsampled) that make a tile worth running
+    downsample: int = Field(4, ge=1, le=16)  # foreground test resolution
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> "TilingConfig":
+        if self.overlap * 2 >= self.tile_size:
+            raise ValueError(f"overlap ({self.overlap}) must be less than half of tile_size ({self.tile_size})")
+        return self
+
+
+class StitchConfig(_Section):
+    match_ios: float = Field(0.5, gt=0, le=1)  # mask intersection-over-smaller, in the shared window, that joins two parts
+    mask_size: int = Field(56, ge=14, le=256)  # soft-mask resolution after merging
+    batch_pairs: int = Field(4096, ge=64)
+
+
+class FilterConfig(_Section):
+    score_threshold: float = Field(0.5, ge=0, le=1)  # for classes without their own threshold in the checkpoint
+    min_size_um: float = Field(0.0, ge=0)  # equivalent spherical diameter bounds
+    max_size_um: float | None = Field(None, gt=0)
+    keep_non_plankton: bool = False
+
+
+class MeasureConfig(_Section):
+    refine: bool = True  # re-segment each object at full resolution inside its dilated predicted mask
+    refine_dilate_px: int = Field(4, ge=0, le=64)
+    refine_contrast: float = Field(10.0, gt=0)  # grey levels from the background that are object
+
+
+class OutputConfig(_Section):
+    shard_objects: int = Field(20000, ge=1)  # objects buffered per Parquet shard
+    shard_frames: int = Field(200, ge=1)  # frames at most per shard, so progress is saved often
+    coco: bool = True
+
+
+class PipelineConfig(_Section):
+    version: int = CONFIG_VERSION
+    device: Device = "auto"
+    instrument: InstrumentConfig = InstrumentConfig()
+    tiling: TilingConfig = TilingConfig()
+    stitch: StitchConfig = StitchConfig()
+    filter: FilterConfig = FilterConfig()
+    measure: MeasureConfig = MeasureConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _version(self) -> "PipelineConfig":
+        if self.version != CONFIG_VERSION:
+            raise ValueError(f"config version {self.version} is not supported (this segplank reads version {CONFIG_VERSION})")
+        return self
+
+
+class ModelConfig(_Section):
+    """The network: carried inside every checkpoint, so `--model ckpt.pt` needs nothing else."""
+
+    name: str = "fast"
+    backbone: Literal["mobilenet_v3_large", "resnet18", "resnet50_v2"] = "mobilenet_v3_large"
+    width_mult: float = Field(1.0, gt=0, le=2)  # MobileNetV3 only
+    init: Literal["none", "imagenet", "coco"] = "none"  # torchvision weights, downloaded on first use
+    fpn_channels: int = Field(96, ge=16)
+    box_head_dim: int = Field(256, ge=32)
+    mask_head_channels: int = Field(96, ge=16)
+    # Small, numerous and slender objects: anchors from specks to tile-sized organisms and
+    # elongated aspect ratios (chaetognaths, appendicularian tails).
+    anchor_sizes: tuple[tuple[int, ...], ...] = ((8, 16), (24, 32), (48, 64), (96, 128), (192, 384))
+    aspect_ratios: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+    tile_size: int = Field(512, ge=64)
+    score_thresh: float = Field(0.05, ge=0, le=1)  # candidates kept per tile before the per-class thresholds
+    nms_thresh: float = Field(0.5, gt=0, le=1)
+    detections_per_tile: int = Field(1000, ge=1)  # a tile that fills it is reported, never silently cut
+    rpn_pre_nms_top_n: int = Field(6000, ge=100)
+    rpn_post_nms_top_n: int = Field(3000, ge=100)
+
+    @model_validator(mode="after")
+    def _anchors(self) -> "ModelConfig":
+        if len({len(s) for s in self.anchor_sizes}) != 1:
+            raise ValueError("every anchor_sizes level needs the same number of sizes")
+        return self
+
+
+class TrainConfig(_Section):
+    model: ModelConfig = ModelConfig()
+    chip_size: int = Field(384, ge=64)  # training chips cut from full frames
+    batch_size: int = Field(4, ge=1)
+    iterations: int = Field(2000, ge=1)
+    lr: float = Field(0.01, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_iters: int = Field(100, ge=0)
+    background_chip_share: float = Field(0.1, ge=0, le=1)
+    val_every: int = Field(500, ge=1)
+    seed: int = 0
+    threads: int = Field(2, ge=1)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}' (check the spelling; allowed keys are listed in configs/default.yaml)")
+        else:
+            value = e.get("input")
+            shown = "" if isinstance(value, dict) else f" = {value!r}"
+            lines.append(f"{source}: {key}{shown}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (pass an existing YAML file, e.g. configs/default.yaml)") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def build_config(data: dict[str, Any], source: str = "config", kind: type[BaseModel] = PipelineConfig):
+    try:
+        return kind.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def load_config(path: Path | None = None, cruise_dir: Path | None = None,
+                overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Defaults < ``path`` < the cruise's own ``cruise.yaml`` instrument section < overrides."""
+    data: dict[str, Any] = {}
+    sources = []
+    if path is not None:
+        data = read_yaml(path)
+        sources.append(str(path))
+    if cruise_dir is not None and (Path(cruise_dir) / "cruise.yaml").is_file():
+        cruise_path = Path(cruise_dir) / "cruise.yaml"
+        cruise = read_yaml(cruise_path)
+        if "instrument" in cruise:
+            data = _deep_merge(data, {"instrument": cruise["instrument"]})
+            sources.append(str(cruise_path))
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return build_config(data, " + ".join(sources) or "config")
+
+
+def dump_config(cfg: BaseModel) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,115 @@
+"""The stitcher alone, fed ground truth cut into tiles as a perfect model would see it."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from segplank.stitch import Stitcher, connected_components
+from segplank.tiling import tile_grid
+
+from .helpers import mask_iou, paste, perfect_tile_detections
+
+H = W = 1024
+TILE, OVERLAP = 256, 32  # stride 224: seams at 224..256, 448..480, ...
+
+
+def _ellipse(cx, cy, ax, ay, angle):
+    m = np.zeros((H, W), np.uint8)
+    cv2.ellipse(m, (cx, cy), (ax, ay), angle, 0, 360, 1, -1)
+    return m.astype(bool)
+
+
+def _scene():
+    return [
+        _ellipse(240, 100, 30, 12, 0),        # straddles a vertical seam
+        _ellipse(460, 470, 25, 25, 0),        # on a tile corner (4 tiles)
+        _ellipse(512, 700, 420, 9, 10),       # slender, longer than 3 tiles
+        _ellipse(700, 240, 60, 60, 0),        # straddles a horizontal seam
+        _ellipse(100, 900, 6, 4, 30),         # small, inside one tile
+        _ellipse(1010, 300, 20, 14, 0),       # cut by the frame edge
+    ]
+
+
+def _touching_pair():
+    # two organisms touching at x = 240, inside the overlap band of two tiles
+    a = _ellipse(215, 600, 25, 10, 0)
+    b = _ellipse(265, 600, 25, 10, 0)
+    b &= ~a
+    return [a, b]
+
+
+@pytest.mark.parametrize("scene", [_scene, _touching_pair])
+def test_each_object_once_with_whole_mask(scene):
+    masks = scene()
+    windows = tile_grid(H, W, TILE, OVERLAP)
+    tile_dets, tile_ids = perfect_tile_detections(masks, windows, mask_size=128)
+    out = Stitcher(mask_size=256)(tile_dets, windows, tile_ids)
+    assert len(out) == len(masks)
+    cropped = out.masks.to_cropped(out.boxes.numpy())
+    pred = [paste(o, b, (H, W)) for o, b in zip(cropped.origins, cropped.bitmaps)]
+    for gt in masks:
+        best = max(mask_iou(gt, p) for p in pred)
+        assert best >= 0.9
+
+
+def test_parts_per_object_recorded():
+    masks = [_ellipse(512, 700, 420, 9, 10)]
+    windows = tile_grid(H, W, TILE, OVERLAP)
+    tile_dets, tile_ids = perfect_tile_detections(masks, windows)
+    out = Stitcher()(tile_dets, windows, tile_ids)
+    assert len(out) == 1
+    assert int(out.extra["n_parts"][0]) >= 4
+
+
+def test_same_tile_duplicates_merge_but_neighbours_do_not():
+    masks = [_ellipse(100, 100, 20, 10, 0), _ellipse(100, 100, 20, 10, 0), _ellipse(100, 125, 20, 10, 0) & ~_ellipse(100, 100, 20, 10, 0)]
+    windows = np.array([[0, 0, 256, 256]])
+    tile_dets, tile_ids = perfect_tile_detections(masks, windows, labels=[1, 2, 1])
+    out = Stitcher()(tile_dets, windows, tile_ids)
+    assert len(out) == 2
+
+
+def test_empty_frame():
+    windows = tile_grid(H, W, TILE, OVERLAP)
+    tile_dets, tile_ids = perfect_tile_detections([], windows)
+    out = Stitcher()(tile_dets, windows, tile_ids)
+    assert len(out) == 0
+    out = Stitcher()([], windows, np.zeros(0, int))
+    assert len(out) == 0
+
+
+def test_one_pixel_object():
+    m = np.zeros((H, W), bool)
+    m[500, 300] = True
+    windows = tile_grid(H, W, TILE, OVERLAP)
+    tile_dets, tile_ids = perfect_tile_detections([m], windows)
+    out = Stitcher()(tile_dets, windows, tile_ids)
+    assert len(out) == 1
+
+
+def test_connected_components_chain():
+    i = torch.tensor([0, 2, 3, 6])
+    j = torch.tensor([1, 1, 4, 5])
+    comp = connected_components(7, i, j)
+    assert comp.tolist() == [0, 0, 0, 3, 3, 5, 5]
+
+
+def test_dense_frame_keeps_every_object():
+    rng = np.random.default_rng(0)
+    masks = []
+    occupied = np.zeros((H, W), bool)
+    while len(masks) < 1500:
+        cx, cy = rng.integers(3, W - 3, 2)
+        r = int(rng.integers(1, 4))
+        m = np.zeros((H, W), np.uint8)
+        cv2.circle(m, (int(cx), int(cy)), r, 1, -1)
+        m = m.astype(bool)
+        grown = cv2.dilate(m.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        if (grown & occupied).any():
+            continue
+        occupied |= m
+        masks.append(m)
+    windows = tile_grid(H, W, TILE, OVERLAP)
+    tile_dets, tile_ids = perfect_tile_detections(masks, windows)
+    out = Stitcher()(tile_dets, windows, tile_ids)
+    assert len(out) == 1500

@@ -54,7 +54,7 @@ class InstrumentConfig(_Section):
 
 
 class TilingConfig(_Section):
-    tile_size: int = Field(512, ge=64, le=4096)
+    tile_size: int = Field(560, ge=64, le=4096)  # 4 x 4 tiles cover 2048 px with 64 px overlap
     overlap: int = Field(64, ge=8)  # px shared by neighbouring tiles: where seams are decided
     skip_empty: bool = True
     fg_contrast: float = Field(12.0, gt=0)  # grey levels from the local background that count as foreground
@@ -69,7 +69,8 @@ class TilingConfig(_Section):
 
 
 class StitchConfig(_Section):
-    match_ios: float = Field(0.5, gt=0, le=1)  # mask intersection-over-smaller, in the shared window, that joins two parts
+    match_iou: float = Field(0.3, gt=0, le=1)  # mask IoU inside two tiles' shared window that joins two parts
+    duplicate_iou: float = Field(0.6, gt=0, le=1)  # mask IoU of two detections of one tile that makes them one
     mask_size: int = Field(56, ge=14, le=256)  # soft-mask resolution after merging
     batch_pairs: int = Field(4096, ge=64)
 
@@ -147,6 +148,7 @@ class TrainConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_iters: int = Field(100, ge=0)
     background_chip_share: float = Field(0.1, ge=0, le=1)
+    balanced: bool = True  # draw chip classes uniformly (long-tailed data)
     val_every: int = Field(500, ge=1)
     seed: int = 0
     threads: int = Field(2, ge=1)

@@ -97,8 +97,10 @@ class Checkpoint:
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     demo: bool = False
 
-    def build(self, device: torch.device | str = "cpu") -> nn.Module:
-        model = build_model(self.model_config, len(self.classes))
+    def build(self, device: torch.device | str = "cpu", tile_size: int | None = None) -> nn.Module:
+        """The network, ready for inference on tiles of ``tile_size`` (never resized)."""
+        cfg = self.model_config if tile_size is None else self.model_config.model_copy(update={"tile_size": tile_size})
+        model = build_model(cfg, len(self.classes))
         try:
             model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()})
         except RuntimeError as e:

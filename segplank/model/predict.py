@@ -39,6 +39,7 @@ class TilePredictor:
         self.batch_size = batch_size
         self.amp = (device.type == "cuda") if amp is None else amp
         self.capacity = model.roi_heads.detections_per_img
+        self.capped_tiles = 0  # tiles whose candidates filled `detections_per_tile`: reported, never silent
         self.mask_size = 28
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -65,6 +66,7 @@ class TilePredictor:
             logits, deltas = rh.box_predictor(feats)
             boxes, scores, labels = rh.postprocess_detections(logits.float(), deltas.float(), proposals,
                                                               images_t.image_sizes)
+            self.capped_tiles += sum(int(len(b) >= self.capacity) for b in boxes)
             keep = [s >= self.thresholds[lb] for s, lb in zip(scores, labels)]
             boxes = [b[k] for b, k in zip(boxes, keep)]
             scores = [s[k] for s, k in zip(scores, keep)]

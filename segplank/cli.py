@@ -1,0 +1,214 @@
+"""The `segplank` command line."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Detect, segment, classify and measure plankton in in situ camera frames.")
+console = Console(stderr=True)
+out = Console()
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_time=False, show_path=False)], force=True)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"segplank {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                               help="Print the version and exit.")) -> None:
+    _setup_logging()
+
+
+@app.command()
+def synth(out_dir: Path = typer.Argument(..., help="Folder to write the synthetic cruise into."),
+          frames: int = typer.Option(10, "--frames", "-n", min=0, help="Number of frames."),
+          seed: int = typer.Option(0, help="Random seed: the same seed gives byte-identical files."),
+          preset: str = typer.Option("isiis", help="isiis (dark objects on bright) or uvp (lit objects on dark)."),
+          density: str = typer.Option("mixed", help="sparse, mixed or dense (1,000-2,500 objects per 2048² frame)."),
+          plankton_share: Optional[float] = typer.Option(None, min=0, max=1, help="Share of plankton among objects."),
+          size: int = typer.Option(2048, min=64, help="Frame height and width in pixels."),
+          workers: int = typer.Option(1, min=1, help="Processes; output does not depend on it.")) -> None:
+    """Write a synthetic ISIIS/UVP cruise with exact COCO ground truth, navigation and CTD."""
+    from .synth import make_cruise
+
+    if preset not in ("isiis", "uvp"):
+        _fail(f"--preset {preset!r}: choose isiis or uvp")
+    if density not in ("sparse", "mixed", "dense"):
+        _fail(f"--density {density!r}: choose sparse, mixed or dense")
+    summary = make_cruise(out_dir, frames, seed, preset=preset, density=density, plankton_share=plankton_share,
+                          size=(size, size), workers=workers)
+    out.print(str(summary))
+
+
+@app.command()
+def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames anywhere below it, nav*.csv, ctd*.csv."),
+          output: Path = typer.Option(Path("segplank_out"), "-o", "--output", help="Output folder."),
+          model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint (default: the bundled demo model)."),
+          config: Optional[Path] = typer.Option(None, "--config", "-c", help="Pipeline config YAML (see configs/)."),
+          device: str = typer.Option("auto", help="auto, cpu or cuda."),
+          keep_non_plankton: bool = typer.Option(False, "--keep-non-plankton", help="Also write non-plankton rows."),
+          force: bool = typer.Option(False, "--force", help="Replace a previous run in the output folder."),
+          limit: Optional[int] = typer.Option(None, min=1, help="Process at most this many (new) frames."),
+          threads: Optional[int] = typer.Option(None, min=1, help="Torch CPU threads."),
+          verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
+    """Detect, segment, classify, measure and write every object of a cruise. Reruns resume."""
+    from .config import ConfigError, load_config
+    from .engine.local import LocalRunner, RunError, resolve_device
+    from .model.checkpoint import DEMO_MODEL, CheckpointError, load_checkpoint
+
+    _setup_logging(verbose)
+    if not cruise_dir.is_dir():
+        _fail(f"{cruise_dir}: not a folder; pass the cruise folder that holds the frames")
+    overrides = {"device": device}
+    if keep_non_plankton:
+        overrides["filter"] = {"keep_non_plankton": True}
+    try:
+        cfg = load_config(config, cruise_dir, overrides)
+        model_path = model or DEMO_MODEL
+        ckpt = load_checkpoint(model_path)
+        if model is None:
+            console.print("[yellow]Using the bundled demo model, trained on synthetic frames only: "
+                          "train your own with `segplank train` for real data.[/]")
+        runner = LocalRunner(cfg, ckpt, model_path, resolve_device(cfg.device), threads)
+    except (ConfigError, CheckpointError, RunError) as e:
+        _fail(str(e))
+    progress = Progress(TextColumn("[bold]infer"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    with progress:
+        task = progress.add_task("frames", total=None, rate="")
+
+        def on_frame(stats, n_obj: int) -> None:
+            import time as _t
+
+            el = max(1e-6, _t.time() - started)
+            progress.update(task, completed=stats.frames_done, total=total[0],
+                            rate=f"{stats.frames_done / el:.2f} frames/s, {stats.objects / el:.0f} objects/s")
+
+        import time as _t
+
+        started = _t.time()
+        total = [None]
+        try:
+            from .frames import find_frames
+
+            total[0] = len(find_frames(cruise_dir, cfg.instrument, exclude=[output]))
+            stats = runner.run(cruise_dir, output, force=force, on_frame=on_frame, limit=limit)
+        except RunError as e:
+            progress.stop()
+            _fail(str(e))
+    _summary(stats, output)
+    if stats.frames_done == 0 and stats.frames_resumed == 0:
+        raise typer.Exit(1)
+
+
+def _summary(stats, output: Path) -> None:
+    t = Table(title=f"segplank infer → {output}", show_header=True)
+    t.add_column("")
+    t.add_column("value", justify="right")
+    t.add_row("frames found", str(stats.frames_found))
+    t.add_row("frames processed (this run)", str(stats.frames_done))
+    if stats.frames_resumed:
+        t.add_row("frames already done (resumed)", str(stats.frames_resumed))
+    t.add_row("frames skipped", str(len(stats.skipped)))
+    t.add_row("empty tiles skipped", f"{stats.skipped_tile_share:.0%}")
+    t.add_row("objects written", str(stats.objects))
+    detected = sum(stats.per_class.values())
+    plank = sum(stats.written_per_class.values())
+    t.add_row("plankton share of detections", f"{plank / detected:.1%}" if detected else "-")
+    rate = stats.frames_done / stats.seconds if stats.seconds else 0
+    t.add_row("throughput", f"{rate:.2f} frames/s, {detected / max(stats.seconds, 1e-6):.0f} detections/s")
+    out.print(t)
+    if stats.per_class:
+        c = Table(title="objects per class", show_header=True)
+        c.add_column("class")
+        c.add_column("detected", justify="right")
+        c.add_column("written", justify="right")
+        for name, n in sorted(stats.per_class.items(), key=lambda kv: -kv[1]):
+            c.add_row(name, str(n), str(stats.written_per_class.get(name, 0)))
+        out.print(c)
+    for s in stats.skipped:
+        out.print(f"[yellow]skipped[/] {s.path}: {s.reason}", highlight=False)
+
+
+@app.command()
+def train(coco: Path = typer.Argument(..., help="COCO annotations of full frames."),
+          output: Path = typer.Option(Path("model.pt"), "-o", "--output", help="Checkpoint to write."),
+          images: Optional[Path] = typer.Option(None, help="Image root (default: the COCO file's folder)."),
+          val: Optional[Path] = typer.Option(None, help="Validation COCO file."),
+          config: Optional[Path] = typer.Option(None, "--config", "-c", help="Training config YAML (configs/train_*.yaml)."),
+          iterations: Optional[int] = typer.Option(None, min=1),
+          polarity: str = typer.Option("dark_on_bright", help="dark_on_bright (ISIIS) or bright_on_dark (UVP)."),
+          demo: bool = typer.Option(False, hidden=True)) -> None:
+    """Train a Mask R-CNN on chips cut from annotated frames; writes a self-describing checkpoint."""
+    from .config import ConfigError, TrainConfig, build_config, read_yaml
+    from .train import train as run_train
+
+    try:
+        data = read_yaml(config) if config else {}
+        if iterations:
+            data["iterations"] = iterations
+        cfg = build_config(data, str(config or "defaults"), TrainConfig)
+    except ConfigError as e:
+        _fail(str(e))
+    if not coco.is_file():
+        _fail(f"{coco}: annotation file not found")
+    with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
+        task = progress.add_task("train", total=cfg.iterations, info="")
+
+        def on_iter(it: int, row: dict) -> None:
+            info = f"loss {row['loss']:.3f}" + (f" val {row['val_loss']:.3f}" if "val_loss" in row else "")
+            progress.update(task, completed=it, info=info)
+
+        ckpt = run_train(cfg, coco, output, images, val, polarity, on_iter, demo=demo)
+    out.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB); metrics: {ckpt.metrics}")
+
+
+@app.command()
+def demo(out_dir: Path = typer.Argument(Path("demo_out"), help="Where to write the demo cruise and results."),
+         frames: int = typer.Option(4, min=1), seed: int = typer.Option(20261125)) -> None:
+    """Make a small synthetic cruise, run `infer` on it with the demo model, and score it."""
+    from .synth import make_cruise
+
+    cruise = out_dir / "cruise"
+    if not (cruise / "ground_truth.coco.json").exists():
+        out.print(str(make_cruise(cruise, frames, seed)))
+    infer(cruise, output=out_dir / "results", model=None, config=None, device="auto", keep_non_plankton=False,
+          force=True, limit=None, threads=None, verbose=False)
+    from .evaluate import object_match
+
+    scores = object_match(cruise / "ground_truth.coco.json", out_dir / "results" / "predictions.coco.json")
+    out.print(f"against the ground truth (mask IoU ≥ 0.5): plankton recall {scores['plankton_recall']:.3f}, "
+              f"plankton precision {scores['plankton_precision']:.3f} "
+              f"({scores['gt_plankton']} organisms, {scores['pred_plankton']} written as plankton)")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted: rerun the same command to resume")
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""Runners: the local streaming engine (and, with the scale issue, Ray)."""

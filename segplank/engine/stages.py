@@ -1,0 +1,113 @@
+"""The per-frame stages as callable classes: expensive state in ``__init__``, work in ``__call__``.
+
+The local engine and a Ray engine run these very objects; nothing here touches global state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from ..config import FilterConfig, MeasureConfig, Polarity, StitchConfig, TilingConfig
+from ..measure import measure
+from ..model.checkpoint import ClassMap
+from ..model.predict import TilePredictor
+from ..refine import refine_masks
+from ..stitch import Stitcher
+from ..structures import Detections, FrameInfo
+from ..tiling import crop_tiles, foreground_map, occupied_tiles, tile_grid, to_model_input
+
+
+@dataclass(frozen=True)
+class TiledFrame:
+    frame: FrameInfo
+    image: np.ndarray  # the decoded frame, original grey levels
+    windows: np.ndarray  # (T, 4) the whole grid
+    run: np.ndarray  # (R,) indices of tiles that go to the model
+    tiles: np.ndarray  # (R, S, S) float32 model input
+
+
+class Tiler:
+    """Frame → tiles worth running (the empty-tile test) as model input."""
+
+    def __init__(self, cfg: TilingConfig, polarity: Polarity) -> None:
+        self.cfg = cfg
+        self.polarity = polarity
+
+    def __call__(self, frame: FrameInfo, image: np.ndarray) -> TiledFrame:
+        c = self.cfg
+        h, w = image.shape
+        windows = tile_grid(h, w, c.tile_size, c.overlap)
+        if c.skip_empty:
+            fg = foreground_map(image, self.polarity, c.fg_contrast, c.downsample)
+            run = np.flatnonzero(occupied_tiles(fg, windows, c.downsample, c.fg_min_pixels))
+        else:
+            run = np.arange(len(windows))
+        x = to_model_input(image, self.polarity)
+        tiles = crop_tiles(x, windows[run], c.tile_size) if len(run) else np.zeros((0, c.tile_size, c.tile_size), np.float32)
+        frame = replace(frame, tiles=windows, height=h, width=w)
+        return TiledFrame(frame, image, windows, run, tiles)
+
+
+@dataclass
+class FrameCounts:
+    """What one frame held: every detection counted per class, whether written or not."""
+
+    per_class: np.ndarray  # (K + 1,) detections per label after stitching
+    written: int = 0
+    too_small: int = 0
+    too_large: int = 0
+    tiles: int = 0
+    tiles_run: int = 0
+    capped_tiles: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Postprocessor:
+    """Stitched detections (device) → refined, filtered, measured numpy detections."""
+
+    def __init__(self, classes: ClassMap, filter_cfg: FilterConfig, measure_cfg: MeasureConfig,
+                 polarity: Polarity) -> None:
+        self.classes = classes
+        self.filter = filter_cfg
+        self.measure_cfg = measure_cfg
+        self.polarity = polarity
+        self._plankton = np.array([False, *classes.is_plankton])
+
+    def __call__(self, dets: Detections, image: np.ndarray) -> tuple[Detections, dict[str, np.ndarray], FrameCounts]:
+        d = dets.numpy()
+        counts = FrameCounts(per_class=np.bincount(d.labels, minlength=len(self.classes) + 1))
+        keep = self._plankton[d.labels] | self.filter.keep_non_plankton
+        d = d[np.flatnonzero(keep)]
+        d = d.replace(masks=d.masks.to_cropped(d.boxes))
+        m = self.measure_cfg
+        if m.refine and len(d):
+            d = refine_masks(d, image, self.polarity, m.refine_dilate_px, m.refine_contrast)
+        else:
+            d = d.replace(boxes=d.masks.tight_boxes())
+        px = d.frame.pixel_size_um if d.frame else 1.0
+        esd = 2.0 * np.sqrt(d.masks.areas() / np.pi) * px
+        ok = (esd >= self.filter.min_size_um) & (esd > 0)
+        counts.too_small = int((esd < self.filter.min_size_um).sum())
+        if self.filter.max_size_um is not None:
+            counts.too_large = int((esd > self.filter.max_size_um).sum())
+            ok &= esd <= self.filter.max_size_um
+        d = d[np.flatnonzero(ok)]
+        cols = measure(d, image, px)
+        counts.written = len(d)
+        return d, cols, counts
+
+
+class FrameDetector:
+    """Tiled frame → stitched frame detections, on the model's device."""
+
+    def __init__(self, predictor: TilePredictor, stitch_cfg: StitchConfig) -> None:
+        self.predictor = predictor
+        self.stitcher = Stitcher(match_iou=stitch_cfg.match_iou, duplicate_iou=stitch_cfg.duplicate_iou,
+                                 mask_size=stitch_cfg.mask_size,
+                                 batch_pairs=stitch_cfg.batch_pairs)
+
+    def __call__(self, tf: TiledFrame) -> tuple[Detections, int]:
+        before = self.predictor.capped_tiles
+        tile_dets = self.predictor(tf.tiles) if len(tf.run) else []
+        dets = self.stitcher(tile_dets, tf.windows, tf.run, frame=tf.frame)
+        return dets, self.predictor.capped_tiles - before

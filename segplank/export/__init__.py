@@ -1,0 +1,1 @@
+"""Writers own the formats; the detection structure owns only arrays."""

@@ -1,0 +1,352 @@
+"""Find the frames of a cruise folder, put them in time order, and decode them safely.
+
+A cruise copied off an instrument disk often holds a few bad files (empty, cut short by a
+full disk, a log file named like a frame). They must be recognised and reported, never
+decoded into half-grey frames that the model would dutifully segment, and never crash a
+night-long run. So :func:`read_frame` checks what it reads (Pillow or tifffile, which raise
+on truncated data, where OpenCV returns a partial image with a libpng/libjpeg warning on
+stderr) and says why a file is unusable; :class:`FrameSource` skips such files, keeps
+the list and logs one line per file.
+
+Frames are 2-D grey, uint8 or uint16: colour is reduced with the usual luma weights
+(0.299 R + 0.587 G + 0.114 B, as OpenCV), alpha is dropped, 1-bit becomes 0/255, 16-bit
+stays 16-bit.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+import warnings
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+import tifffile
+from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
+
+from segplank.config import ConfigError, InstrumentConfig
+from segplank.structures import FrameInfo
+
+log = logging.getLogger("segplank")
+
+INDEX_FILE = "frames.csv"  # optional: columns path (relative to the cruise folder), time (ISO-8601)
+MAX_PIXELS = 1 << 31  # a header claiming more is damaged (Pillow's own limit is too low for line scans)
+_RECOPY = "re-copy the file from the instrument disk"
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"),
+    (b"BM", "BMP"),
+)
+# Constructing the plugin class directly skips Image.open's decompression-bomb check,
+# which refuses legitimate long line-scan frames (MAX_PIXELS guards instead).
+_PILLOW = {
+    "PNG": PngImagePlugin.PngImageFile,
+    "JPEG": JpegImagePlugin.JpegImageFile,
+    "BMP": BmpImagePlugin.BmpImageFile,
+    "TIFF": TiffImagePlugin.TiffImageFile,
+}
+_CONVERT = "segplank reads 8- or 16-bit unsigned grey or colour frames; convert the file, e.g. to 16-bit PNG"
+_TO_GREY = {("RGB", 3): cv2.COLOR_RGB2GRAY, ("RGB", 4): cv2.COLOR_RGBA2GRAY,
+            ("BGR", 3): cv2.COLOR_BGR2GRAY, ("BGR", 4): cv2.COLOR_BGRA2GRAY}
+_TRUNCATION_HINTS = ("truncated", "failed to read", "incomplete", "premature", "unexpected end")
+_UTC = timezone.utc
+
+
+class FrameError(Exception):
+    """Why a file is not a usable frame, in words a user can act on (``reason``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _UsePillow(Exception):
+    """A TIFF that tifffile reads but does not turn into pixels here (palette, CMYK...)."""
+
+
+@dataclass(frozen=True)
+class SkippedFrame:
+    path: Path
+    reason: str
+
+
+# --- finding frames ----------------------------------------------------------------------
+
+def parse_timestamp(path: Path, instrument: InstrumentConfig) -> datetime | None:
+    """UTC time from the file name (``timestamp_regex`` group ``ts``), None if absent or invalid.
+
+    Names without a zone are taken as UTC; a zone in the name is converted to UTC.
+    """
+    match = re.search(instrument.timestamp_regex, Path(path).name)
+    if match is None:
+        return None
+    try:
+        return _as_utc(datetime.strptime(match.group("ts"), instrument.timestamp_format))
+    except ValueError:  # matched the pattern but is no date (e.g. month 13)
+        return None
+
+
+def find_frames(cruise_dir: Path, instrument: InstrumentConfig, exclude: Sequence[Path] = ()) -> list[FrameInfo]:
+    """Every frame below ``cruise_dir``, in time order; ``index`` is the position in that order.
+
+    Searches sub-folders, skips hidden files and folders and anything under ``exclude`` (the
+    run's output folder may sit inside the cruise). The time comes from the file name, else
+    from ``frames.csv`` in the cruise folder; frames with neither come last, by path.
+    """
+    root = Path(cruise_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: cruise folder not found (give the folder that holds the frames)")
+    index = read_frame_index(root)
+    stamped = []
+    for path in _image_files(root, instrument.extensions, exclude):
+        ts = parse_timestamp(path, instrument)
+        stamped.append((path, ts if ts is not None else index.get(_index_key(root, path))))
+    stamped.sort(key=lambda item: (item[1] is None, item[1] or datetime.min.replace(tzinfo=_UTC), str(item[0])))
+    return [FrameInfo(path=p, index=i, timestamp=ts, pixel_size_um=instrument.pixel_size_um)
+            for i, (p, ts) in enumerate(stamped)]
+
+
+def read_frame_index(cruise_dir: Path) -> dict[str, datetime]:
+    """Times from ``cruise_dir/frames.csv`` (empty if there is none), keyed by relative path.
+
+    A malformed index stops the run at start (ConfigError naming the line) rather than
+    silently misplacing frames in time.
+    """
+    file = Path(cruise_dir) / INDEX_FILE
+    if not file.is_file():
+        return {}
+    times: dict[str, datetime] = {}
+    with file.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        if "path" not in columns or "time" not in columns:
+            raise ConfigError(f"{file}: needs the columns 'path' and 'time' (ISO-8601, UTC if no zone); "
+                              f"found {columns}")
+        for row in reader:
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
+            if not row.get("path"):
+                continue
+            try:
+                when = _as_utc(datetime.fromisoformat(row["time"]))
+            except ValueError:
+                raise ConfigError(f"{file} line {reader.line_num}: time {row['time']!r} is not ISO-8601 "
+                                  "(e.g. 2023-06-01T12:00:00.250Z)") from None
+            times[_index_key(Path(cruise_dir), Path(row["path"]))] = when
+    return times
+
+
+def _as_utc(when: datetime) -> datetime:
+    return when.replace(tzinfo=_UTC) if when.tzinfo is None else when.astimezone(_UTC)
+
+
+def _index_key(root: Path, path: Path) -> str:
+    """A path as the index names it: relative to the cruise folder, normalised."""
+    full = path if path.is_absolute() else root / path
+    return os.path.normcase(os.path.normpath(os.path.relpath(os.path.abspath(full), os.path.abspath(root))))
+
+
+def _image_files(root: Path, extensions: Sequence[str], exclude: Sequence[Path]) -> list[Path]:
+    wanted = {("" if e.startswith(".") else ".") + e.lower() for e in extensions}
+    excluded = {os.path.realpath(e) for e in exclude}
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        real = os.path.realpath(dirpath)
+        dirnames[:] = [d for d in dirnames
+                       if not d.startswith(".") and os.path.join(real, d) not in excluded]
+        found += [Path(dirpath, name) for name in filenames
+                  if not name.startswith(".")
+                  and os.path.splitext(name)[1].lower() in wanted
+                  and os.path.join(real, name) not in excluded]
+    return found
+
+
+# --- decoding ---------------------------------------------------------------------------
+
+def read_frame(path: Path) -> np.ndarray:
+    """The frame as a 2-D uint8 or uint16 array; FrameError with the reason if unusable."""
+    path = Path(path)
+    head, size = _head(path)
+    kind = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+    if kind is None:
+        raise FrameError("not an image (its contents are not PNG, TIFF, JPEG or BMP)")
+    if kind == "TIFF" and not _tiff_directory_inside(head, size):  # before tifffile logs about it
+        raise FrameError(f"truncated TIFF data ({_RECOPY})")
+    if kind == "PNG" and 0 in _png_size(head):
+        raise FrameError("zero-size image (its header gives no pixels)")
+    with warnings.catch_warnings():  # Pillow/tifffile chatter must not reach the terminal
+        warnings.simplefilter("ignore")
+        if kind == "TIFF":
+            pixels, order = _read_tiff(path)
+        else:
+            pixels, order = _read_pillow(path, kind)
+            if kind == "PNG" and _is_16bit_colour_png(head):  # Pillow cuts these to 8 bits
+                pixels, order = _read_opencv(path), "BGR"
+    return _to_grey(pixels, order)
+
+
+def _head(path: Path) -> tuple[bytes, int]:
+    """The first bytes (to recognise the format) and the file's size."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(32)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError as e:
+        raise FrameError(f"cannot read the file ({e.strerror or e})") from None
+    if not head:
+        raise FrameError("empty file (0 bytes)")
+    return head, size
+
+
+def _tiff_directory_inside(head: bytes, size: int) -> bool:
+    """Whether the first image directory starts inside the file (writers often put it last,
+    so a cut file loses it)."""
+    order = "little" if head.startswith(b"II") else "big"
+    big = head[2:4] in (b"+\x00", b"\x00+")
+    field = head[8:16] if big else head[4:8]
+    if len(field) < (8 if big else 4):
+        return False
+    return int.from_bytes(field, order) + (8 if big else 2) <= size
+
+
+def _png_size(head: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR (-1, -1 if the header is cut short)."""
+    if len(head) < 24 or head[12:16] != b"IHDR":
+        return -1, -1
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _is_16bit_colour_png(head: bytes) -> bool:
+    return len(head) >= 26 and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
+
+
+def _damaged(kind: str, error: BaseException) -> FrameError:
+    text = str(error) or type(error).__name__
+    if isinstance(error, EOFError) or any(h in text.lower() for h in _TRUNCATION_HINTS):
+        return FrameError(f"truncated {kind} data ({_RECOPY})")
+    return FrameError(f"corrupt {kind} data: {text} ({_RECOPY})")
+
+
+def _read_pillow(path: Path, kind: str) -> tuple[np.ndarray, str]:
+    """Decode fully (``load`` raises on truncation), then hand the pixels over as an array."""
+    try:
+        with _PILLOW[kind](path) as im:
+            width, height = im.size
+            if width * height > MAX_PIXELS:
+                raise FrameError(f"the header claims {width}×{height} pixels: damaged ({_RECOPY})")
+            im.load()
+            return _pillow_array(im, kind)
+    except FrameError:
+        raise
+    except MemoryError:
+        raise FrameError(f"not enough memory to decode this {kind} image") from None
+    except Exception as e:  # any decoder failure means a damaged file, whatever its type
+        raise _damaged(kind, e) from None
+
+
+def _pillow_array(im: Image.Image, kind: str) -> tuple[np.ndarray, str]:
+    mode = im.mode
+    if mode in ("L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX") or mode.startswith("I;16"):
+        return np.asarray(im), "RGB"
+    if mode == "1":
+        return np.asarray(im.convert("L")), "RGB"
+    if mode == "I" and kind == "PNG":  # older Pillow opens 16-bit grey PNG as 32-bit
+        return np.asarray(im).astype(np.uint16), "RGB"
+    if mode in ("I", "F") or mode.startswith(("I;32", "F;")):
+        raise FrameError(f"unsupported pixel type: {'32-bit integer' if mode.startswith('I') else 'floating point'} "
+                         f"({_CONVERT})")
+    return np.asarray(im.convert("RGB")), "RGB"  # palette, CMYK, YCbCr...
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
+    """First page of a TIFF; Pillow takes over for codecs or colour spaces tifffile lacks here."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            photometric = int(page.photometric)
+            if photometric not in (0, 1, 2):  # min-is-white, min-is-black, RGB
+                raise _UsePillow
+            pixels = page.asarray()
+            if "S" in page.axes and page.axes.index("S") != pixels.ndim - 1:  # planar RGB
+                pixels = np.moveaxis(pixels, page.axes.index("S"), -1)
+            if photometric == 0:  # min-is-white: 0 is white
+                pixels = ~pixels if pixels.dtype == bool else _invert(pixels)
+            return pixels, "RGB"
+    except FrameError:
+        raise
+    except MemoryError:
+        raise FrameError("not enough memory to decode this TIFF image") from None
+    except _UsePillow:
+        return _read_pillow(path, "TIFF")
+    except Exception as e:
+        if "imagecodecs" in str(e):  # e.g. LZW without the optional imagecodecs package
+            return _read_pillow(path, "TIFF")
+        raise _damaged("TIFF", e) from None
+
+
+def _invert(pixels: np.ndarray) -> np.ndarray:
+    if not np.issubdtype(pixels.dtype, np.unsignedinteger):
+        return pixels  # left for the dtype check to refuse
+    return np.iinfo(pixels.dtype).max - pixels
+
+
+def _read_opencv(path: Path) -> np.ndarray:
+    """OpenCV decode of a file already checked whole (np.fromfile copes with any path)."""
+    pixels = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise FrameError(f"corrupt PNG data: OpenCV cannot decode it ({_RECOPY})")
+    return pixels
+
+
+def _to_grey(pixels: np.ndarray, order: str) -> np.ndarray:
+    """2-D uint8/uint16 from any decoded layout; FrameError for what segplank cannot use."""
+    if pixels.dtype == bool:
+        pixels = pixels.astype(np.uint8) * np.uint8(255)
+    elif pixels.dtype.kind == "u" and pixels.dtype.itemsize in (1, 2):
+        pixels = pixels.astype(pixels.dtype.newbyteorder("="), copy=False)
+    else:
+        raise FrameError(f"unsupported pixel type: {pixels.dtype.name} ({_CONVERT})")
+    if pixels.ndim == 3 and pixels.shape[-1] in (1, 2):  # grey, grey + alpha
+        pixels = pixels[..., 0]
+    elif pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
+        pixels = cv2.cvtColor(np.ascontiguousarray(pixels), _TO_GREY[order, pixels.shape[-1]])
+    if pixels.ndim != 2:
+        raise FrameError(f"unsupported layout: array of shape {pixels.shape}, not a single grey or colour "
+                         f"image ({_CONVERT})")
+    if pixels.size == 0:
+        raise FrameError(f"zero-size image ({pixels.shape[1]}×{pixels.shape[0]} pixels)")
+    return np.ascontiguousarray(pixels)
+
+
+# --- streaming --------------------------------------------------------------------------
+
+class FrameSource:
+    """Iterable of (FrameInfo with its size, pixels), decoding each frame only when reached.
+
+    Unusable files are not yielded: they are logged (one warning line each, on the
+    ``segplank`` logger) and listed in ``skipped`` for the run's manifest. ``skipped``
+    describes the latest pass.
+    """
+
+    def __init__(self, frames: Sequence[FrameInfo]) -> None:
+        self.frames = list(frames)
+        self.skipped: list[SkippedFrame] = []
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __iter__(self) -> Iterator[tuple[FrameInfo, np.ndarray]]:
+        self.skipped.clear()
+        for info in self.frames:
+            try:
+                pixels = read_frame(info.path)
+            except FrameError as e:
+                self.skipped.append(SkippedFrame(info.path, e.reason))
+                log.warning("skipped %s: %s", info.path, e.reason)
+                continue
+            yield replace(info, height=int(pixels.shape[0]), width=int(pixels.shape[1])), pixels

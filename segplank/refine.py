@@ -1,0 +1,163 @@
+"""Re-segment each detected object at full resolution inside its predicted mask.
+
+The model's 28×28 mask head is coarse on an organism hundreds of pixels long, and the
+morphology is what ecologists publish, so each mask is redrawn from the frame's own grey
+levels before measuring, as the ISIIS T-CNN pipeline thresholds inside the CNN's boxes:
+
+1. crop the frame around the predicted mask, with a margin (per object, never full-frame);
+2. estimate the local background: median of the crop outside the dilated predicted mask
+   (the crop's margin is twice ``dilate_px`` + 2, so a ring of background always remains
+   unless the frame's edge cuts it; with too few such pixels, a high or low percentile of
+   the whole crop stands in);
+3. object = pixels at least ``contrast`` grey levels darker (``dark_on_bright``) or brighter
+   (``bright_on_dark``) than that background, inside the predicted mask dilated by
+   ``dilate_px``;
+4. keep the 8-connected pieces that touch the predicted mask, fill their holes (a
+   translucent medusa bell is one object);
+5. nothing left (a faint object): keep the predicted mask as it was.
+
+``contrast`` is in grey levels of the frame's own dtype: 10 on an 8-bit frame is about 2560
+on a 16-bit one. The fixed threshold catches translucent tissue, and so lies about one blur
+width outside the half-contrast edge of a sharp, dark object.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from segplank.config import Polarity
+from segplank.structures import CroppedMasks, Detections
+
+_MIN_BACKGROUND_PX = 32  # fewer pixels outside the dilated mask than this: use a percentile
+_FALLBACK_PERCENTILE = {"dark_on_bright": 90.0, "bright_on_dark": 10.0}
+
+
+def refine_masks(dets: Detections, image: np.ndarray, polarity: Polarity, dilate_px: int = 4,
+                 contrast: float = 10.0) -> Detections:
+    """Detections with each mask re-thresholded from ``image`` and boxes fitted tightly to it.
+
+    Masks come back as ``CroppedMasks`` cropped to the refined object, boxes are their tight
+    boxes; scores, labels and extra columns are unchanged.
+    """
+    if not isinstance(dets.masks, CroppedMasks):
+        raise TypeError("refine_masks() needs full-resolution CroppedMasks; convert soft masks first with "
+                        "dets.masks.to_cropped(boxes)")
+    if polarity not in _FALLBACK_PERCENTILE:
+        raise ValueError(f"polarity must be one of {sorted(_FALLBACK_PERCENTILE)}, got {polarity!r}")
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"refine_masks() needs a 2-D grey frame, got an array of shape {image.shape}")
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate_px + 1, 2 * dilate_px + 1))
+    origins, bitmaps = [], []
+    for bitmap, (ox, oy) in zip(dets.masks.bitmaps, dets.masks.origins):
+        origin, refined = _refine_one(bitmap, int(ox), int(oy), image, polarity, kernel, dilate_px, contrast)
+        origins.append(origin)
+        bitmaps.append(refined)
+    masks = CroppedMasks(np.array(origins, np.int64).reshape(-1, 2), tuple(bitmaps))
+    return dets.numpy().replace(boxes=_extents(masks), masks=masks)
+
+
+def _refine_one(bitmap: np.ndarray, ox: int, oy: int, image: np.ndarray, polarity: Polarity,
+                kernel: np.ndarray, dilate_px: int, contrast: float) -> tuple[tuple[int, int], np.ndarray]:
+    """(origin, bitmap) of one refined object, cropped to its pixels; the predicted mask,
+    cropped likewise, when nothing stands out or it lies outside the frame."""
+    margin = 2 * dilate_px + 2
+    h, w = bitmap.shape
+    x0, y0 = max(ox - margin, 0), max(oy - margin, 0)
+    x1, y1 = min(ox + w + margin, image.shape[1]), min(oy + h + margin, image.shape[0])
+    if x1 <= x0 or y1 <= y0:  # the mask lies outside the frame: nothing to look at
+        return _tight_or_empty(bitmap, ox, oy)
+    crop = image[y0:y1, x0:x1]
+    predicted = _paste(bitmap, ox - x0, oy - y0, crop.shape)
+    if not predicted.any():
+        return _tight_or_empty(bitmap, ox, oy)
+    allowed = cv2.dilate(predicted, kernel)
+    candidate = _contrasted(crop, _background(crop, allowed, polarity), contrast, polarity)
+    candidate &= allowed.view(bool)
+    kept = _touching(candidate.view(np.uint8), predicted)
+    if kept is None:
+        return _tight(predicted, x0, y0)
+    return _tight(_fill_holes(kept), x0, y0)
+
+
+def _paste(bitmap: np.ndarray, dx: int, dy: int, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 0/1 canvas of ``shape`` with ``bitmap`` at column dx, row dy (clipped)."""
+    canvas = np.zeros(shape, np.uint8)
+    h, w = bitmap.shape
+    cx0, cy0 = max(dx, 0), max(dy, 0)
+    cx1, cy1 = min(dx + w, shape[1]), min(dy + h, shape[0])
+    if cx1 > cx0 and cy1 > cy0:
+        canvas[cy0:cy1, cx0:cx1] = bitmap[cy0 - dy:cy1 - dy, cx0 - dx:cx1 - dx]
+    return canvas
+
+
+def _background(crop: np.ndarray, allowed: np.ndarray, polarity: Polarity) -> float:
+    """Robust local background: median outside the dilated mask, else a percentile of the crop.
+
+    The percentile sits on the background's side (bright for shadowgraphs, dark for lit
+    frames) so an object filling its crop does not drag the estimate into itself.
+    """
+    outside = (allowed == 0).view(np.uint8)
+    count = cv2.countNonZero(outside)
+    if count < _MIN_BACKGROUND_PX:
+        return float(np.percentile(crop, _FALLBACK_PERCENTILE[polarity]))
+    if crop.dtype == np.uint8:  # a 256-bin histogram is ~10x faster than a partial sort
+        cumulative = np.cumsum(cv2.calcHist([crop], [0], outside, [256], [0, 256]).ravel())
+        return float(np.searchsorted(cumulative, count / 2))
+    return float(np.median(crop[outside.view(bool)]))
+
+
+def _contrasted(crop: np.ndarray, background: float, contrast: float, polarity: Polarity) -> np.ndarray:
+    """bool mask of the pixels at least ``contrast`` darker/brighter than ``background``.
+
+    Integer frames compare against an integer level of their own dtype (no float copy).
+    """
+    dark = polarity == "dark_on_bright"
+    level = background - contrast if dark else background + contrast
+    if np.issubdtype(crop.dtype, np.integer):
+        info = np.iinfo(crop.dtype)
+        level = np.floor(level) if dark else np.ceil(level)
+        if level < info.min or level > info.max:
+            return np.zeros(crop.shape, bool)
+        level = crop.dtype.type(level)
+    return crop <= level if dark else crop >= level
+
+
+def _touching(candidate: np.ndarray, predicted: np.ndarray) -> np.ndarray | None:
+    """uint8 mask of the 8-connected pieces of ``candidate`` that overlap ``predicted``."""
+    count, labels = cv2.connectedComponents(candidate, connectivity=8)
+    if count < 2:
+        return None
+    keep = np.zeros(count, np.uint8)
+    keep[labels[predicted != 0]] = 1
+    keep[0] = 0  # the background label
+    if not keep.any():
+        return None
+    return keep[labels]
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """The mask with every hole inside its outer contours filled."""
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros_like(mask)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    return filled
+
+
+def _extents(masks: CroppedMasks) -> np.ndarray:
+    """(N, 4) float32 boxes of bitmaps already cropped to their pixels: ``tight_boxes()``
+    without scanning them again."""
+    shapes = np.array([b.shape[::-1] for b in masks.bitmaps], np.int64).reshape(-1, 2)
+    return np.concatenate([masks.origins, masks.origins + shapes], axis=1).astype(np.float32)
+
+
+def _tight_or_empty(bitmap: np.ndarray, ox: int, oy: int) -> tuple[tuple[int, int], np.ndarray]:
+    """A predicted bitmap kept as it is, but cropped to its pixels if it has any."""
+    mask = np.ascontiguousarray(bitmap != 0).view(np.uint8)
+    return _tight(mask, ox, oy) if mask.any() else ((ox, oy), bitmap)
+
+
+def _tight(mask: np.ndarray, x0: int, y0: int) -> tuple[tuple[int, int], np.ndarray]:
+    """(frame origin, bool bitmap) of the mask cropped to its set pixels (never empty here)."""
+    x, y, w, h = cv2.boundingRect(mask)
+    return (x0 + x, y0 + y), mask[y:y + h, x:x + w].astype(bool)

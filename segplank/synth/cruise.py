@@ -1,0 +1,261 @@
+"""Write a whole synthetic cruise: frames, exact COCO ground truth, navigation, CTD, config.
+
+Layout of OUT (other modules read it):
+    cruise.yaml, frames/<NAME>_<YYYYMMDD>_<HHMMSS>_<mmm>.png, ground_truth.coco.json,
+    nav.csv, ctd.csv
+The same seed gives byte-identical files whatever the number of workers: every frame is
+rendered from its own random streams and results are gathered in frame order.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import repeat
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, Mapping
+
+import cv2
+import numpy as np
+import yaml
+
+from .categories import CATEGORIES
+from .environment import Environment
+from .params import TIMESTAMP_FORMAT, TIMESTAMP_REGEX, SynthConfig, iso_z
+from .render import encode_rle, render_frame
+
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fixed: same bytes every run, and fast
+NAV_CTD_MARGIN_S = 15.0  # nav and CTD extend this far beyond the first and last frame
+DEPTH_OF_FIELD_PX = 2500  # imaged depth in pixel sizes (25 mm at 10 µm): sets the volume
+GENERATOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CruiseSummary:
+    """What `make_cruise` wrote (the CLI prints `str(summary)`)."""
+
+    out_dir: Path
+    n_frames: int
+    n_objects: int
+    per_category: Mapping[str, int]
+    seconds: float
+    files: tuple[Path, ...]
+
+    def lines(self) -> list[str]:
+        per_frame = self.seconds / self.n_frames if self.n_frames else 0.0
+        cats = ", ".join(f"{name} {n}" for name, n in self.per_category.items())
+        return [
+            f"synthetic cruise in {self.out_dir}",
+            f"  {self.n_frames} frames, {self.n_objects} annotated objects, {len(self.files)} files",
+            f"  per category: {cats}",
+            f"  {self.seconds:.1f} s ({per_frame:.2f} s per frame)",
+        ]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+@dataclass(frozen=True)
+class _FrameRecord:
+    index: int
+    annotations: list[dict[str, Any]]
+
+
+def make_cruise(out_dir: Path, n_frames: int = 10, seed: int = 0, *, preset: Literal["isiis", "uvp"] = "isiis",
+                density: Literal["sparse", "mixed", "dense"] = "mixed", plankton_share: float | None = None,
+                size: tuple[int, int] = (2048, 2048), workers: int = 1,
+                start_time: datetime = datetime(2026, 6, 1, 12, 0, tzinfo=UTC),
+                frame_rate_hz: float = 2.0, pixel_size_um: float = 10.0) -> CruiseSummary:
+    """Render `n_frames` frames with exact ground truth, plus nav, CTD and cruise.yaml.
+
+    `size` is (height, width); `plankton_share` overrides the share of plankton among
+    objects (training sets); `workers` > 1 renders frames in a process pool.
+    """
+    t0 = time.perf_counter()
+    cfg = SynthConfig(seed=seed, n_frames=n_frames, preset=preset, density=density,
+                      plankton_share=plankton_share, size=tuple(size), start_time=start_time,
+                      frame_rate_hz=frame_rate_hz, pixel_size_um=pixel_size_um)
+    out = Path(out_dir)
+    frames_dir = out / "frames"
+    _check_target(frames_dir, {cfg.frame_name(k) for k in range(n_frames)})
+    frames_dir.mkdir(parents=True, exist_ok=True)
+
+    records = _render_all(cfg, frames_dir, workers)
+    counts = _write_coco(out / "ground_truth.coco.json", cfg, records)
+    env = Environment.for_seed(cfg.seed)
+    files = [frames_dir / cfg.frame_name(k) for k in range(n_frames)] + [
+        out / "ground_truth.coco.json",
+        _write_text(out / "nav.csv", nav_csv(cfg, env)),
+        _write_text(out / "ctd.csv", ctd_csv(cfg, env)),
+        _write_text(out / "cruise.yaml", cruise_yaml(cfg)),
+    ]
+    return CruiseSummary(out, n_frames, sum(counts.values()),
+                         {c["name"]: counts.get(c["id"], 0) for c in CATEGORIES},
+                         time.perf_counter() - t0, tuple(files))
+
+
+# --- frames --------------------------------------------------------------------------------
+
+def _check_target(frames_dir: Path, names: set[str]) -> None:
+    """Refuse to mix two cruises in one folder (stale frames would join the new one)."""
+    if not frames_dir.is_dir():
+        return
+    stale = sorted(p.name for p in frames_dir.glob("*.png") if p.name not in names)
+    if stale:
+        raise FileExistsError(f"{frames_dir} already holds {len(stale)} frame(s) of another cruise "
+                              f"(e.g. {stale[0]}); write the synthetic cruise to an empty folder")
+
+
+def _render_all(cfg: SynthConfig, frames_dir: Path, workers: int) -> Iterator[_FrameRecord]:
+    """Frame records in frame order, rendered here or in a process pool."""
+    if workers <= 1 or cfg.n_frames <= 1:
+        yield from (render_and_write(cfg, k, frames_dir) for k in range(cfg.n_frames))
+        return
+    # spawn: safe even when the parent holds threads (torch, a CLI's progress bar)
+    with ProcessPoolExecutor(max_workers=min(workers, cfg.n_frames), mp_context=get_context("spawn"),
+                             initializer=_init_worker) as pool:
+        yield from pool.map(render_and_write, repeat(cfg), range(cfg.n_frames), repeat(frames_dir))
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # the pool already uses the cores
+
+
+def render_and_write(cfg: SynthConfig, k: int, frames_dir: Path) -> _FrameRecord:
+    """Render frame k, write its PNG and return its COCO annotations (ids come later)."""
+    frame = render_frame(cfg, k)
+    name = cfg.frame_name(k)
+    _write_png(Path(frames_dir) / name, frame.image)
+    h, w = cfg.height, cfg.width
+    anns = [{
+        "category_id": o.spec.category_id,
+        "segmentation": encode_rle(o.mask, o.x0, o.y0, h, w),
+        "area": o.area,
+        "bbox": o.bbox,
+        "iscrowd": 0,
+        # parts of one object cut by line-scan frame boundaries share their uid
+        "attributes": {"uid": o.spec.uid, "truncated": o.truncated},
+    } for o in frame.objects]
+    return _FrameRecord(k, anns)
+
+
+def coco_image(cfg: SynthConfig, k: int) -> dict[str, Any]:
+    return {"id": k + 1, "file_name": f"frames/{cfg.frame_name(k)}", "width": cfg.width, "height": cfg.height,
+            "date_captured": iso_z(cfg.frame_time(k))}
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    if not cv2.imwrite(str(tmp), image, PNG_PARAMS):
+        raise OSError(f"could not write {path}")
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8", newline="\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _write_coco(path: Path, cfg: SynthConfig, records: Iterable[_FrameRecord]) -> Counter:
+    """Stream the COCO file frame by frame (memory stays flat); return counts per category id."""
+    head = {
+        "info": {"description": f"segplank synthetic {cfg.instrument_name} cruise, seed {cfg.seed}",
+                 "version": str(GENERATOR_VERSION), "date_created": iso_z(cfg.start_time)},
+        "licenses": [],
+        "images": [coco_image(cfg, k) for k in range(cfg.n_frames)],
+    }
+    counts: Counter = Counter()
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8", newline="\n") as f:
+            f.write(_dumps(head)[:-1] + ',"annotations":[')
+            n = 0
+            for rec in records:
+                for ann in rec.annotations:
+                    n += 1
+                    f.write(("\n" if n == 1 else ",\n") + _dumps({"id": n, "image_id": rec.index + 1, **ann}))
+                    counts[ann["category_id"]] += 1
+            f.write("\n]," + _dumps({"categories": [dict(c) for c in CATEGORIES]})[1:] + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return counts
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+# --- nav, CTD, config ----------------------------------------------------------------------
+
+def _time_grid(cfg: SynthConfig) -> tuple[list[datetime], np.ndarray]:
+    """Whole UTC seconds covering every frame with a margin; also as seconds since start."""
+    last = cfg.frame_time(max(cfg.n_frames - 1, 0))
+    first_s = math.floor((cfg.start_time - timedelta(seconds=NAV_CTD_MARGIN_S)).timestamp())
+    last_s = math.ceil((last + timedelta(seconds=NAV_CTD_MARGIN_S)).timestamp())
+    epochs = np.arange(first_s, last_s + 1)
+    times = [datetime.fromtimestamp(int(e), UTC) for e in epochs]
+    return times, epochs - cfg.start_time.timestamp()
+
+
+def nav_csv(cfg: SynthConfig, env: Environment) -> str:
+    times, seconds = _time_grid(cfg)
+    lat, lon = env.track(seconds)
+    rows = ["time,lat,lon"] + [f"{iso_z(t, ms=False)},{a:.6f},{o:.6f}" for t, a, o in zip(times, lat, lon)]
+    return "\n".join(rows) + "\n"
+
+
+CTD_COLUMNS = ("pressure_dbar", "depth_m", "temperature_c", "salinity_psu", "fluorescence_mg_m3", "oxygen_umol_kg")
+_CTD_DECIMALS = (3, 3, 4, 4, 4, 2)
+
+
+def ctd_csv(cfg: SynthConfig, env: Environment) -> str:
+    times, seconds = _time_grid(cfg)
+    lat, _ = env.track(seconds)
+    data = env.ctd(seconds, lat)
+    rows = ["time," + ",".join(CTD_COLUMNS)]
+    for i, t in enumerate(times):
+        vals = ",".join(f"{data[c][i]:.{d}f}" for c, d in zip(CTD_COLUMNS, _CTD_DECIMALS))
+        rows.append(f"{iso_z(t, ms=False)},{vals}")
+    return "\n".join(rows) + "\n"
+
+
+def volume_per_frame_l(cfg: SynthConfig) -> float:
+    """Imaged volume: frame area times a depth of field of DEPTH_OF_FIELD_PX pixel sizes."""
+    px_m = cfg.pixel_size_um * 1e-6
+    litres = cfg.height * cfg.width * px_m ** 2 * DEPTH_OF_FIELD_PX * px_m * 1000.0
+    return float(f"{litres:.6g}")
+
+
+def cruise_yaml(cfg: SynthConfig) -> str:
+    doc = {
+        "instrument": {
+            "name": cfg.instrument_name,
+            "polarity": cfg.polarity,
+            "pixel_size_um": float(cfg.pixel_size_um),
+            "volume_per_frame_l": volume_per_frame_l(cfg),
+            "frame_rate_hz": float(cfg.frame_rate_hz),
+            "timestamp_regex": TIMESTAMP_REGEX,
+            "timestamp_format": TIMESTAMP_FORMAT,
+        },
+        "synth": {
+            "seed": int(cfg.seed),
+            "preset": cfg.preset,
+            "density": cfg.density,
+            "n_frames": int(cfg.n_frames),
+            "size": [cfg.height, cfg.width],
+            "plankton_share": cfg.plankton_share,
+            "start_time": iso_z(cfg.start_time),
+            "generator_version": GENERATOR_VERSION,
+        },
+    }
+    return "# segplank synthetic cruise: instrument settings and how it was generated\n" + \
+        yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)

@@ -1,0 +1,222 @@
+"""frames: finding a cruise's frames in time order, decoding them, and skipping bad files."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from segplank import frames as fr
+from segplank.config import ConfigError, InstrumentConfig
+from segplank.frames import FrameError, FrameSource, find_frames, parse_timestamp, read_frame
+
+UTC = timezone.utc
+INSTRUMENT = InstrumentConfig(pixel_size_um=12.5)
+RNG = np.random.default_rng(0)
+GREY8 = RNG.integers(0, 256, (12, 10), dtype=np.uint8)
+GREY16 = RNG.integers(0, 65536, (12, 10), dtype=np.uint16)
+RGB8 = RNG.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+
+
+def stamp(second: int, ms: int = 0) -> str:
+    return f"ISIIS_20230601_1200{second:02d}_{ms:03d}"
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    return cv2.imencode(".png", array)[1].tobytes()
+
+
+def jpeg_bytes(array: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", array)[1].tobytes()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def tiff(path: Path, array: np.ndarray, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, array, **kwargs)
+    return path
+
+
+@pytest.fixture
+def cruise(tmp_path: Path) -> Path:
+    """A tiny cruise: good frames of every kind in nested folders, bad files, noise to ignore."""
+    root = tmp_path / "cruise"
+    write(root / "a" / f"{stamp(0, 500)}.png", png_bytes(GREY8))
+    tiff(root / "a" / f"{stamp(0, 0)}.tif", GREY16)
+    write(root / "b" / "deep" / f"{stamp(1)}.jpg", jpeg_bytes(GREY8))
+    write(root / f"{stamp(2)}.bmp", cv2.imencode(".bmp", GREY8)[1].tobytes())
+    Image.fromarray(RGB8).save(root / f"{stamp(3)}.png")
+    write(root / f"{stamp(4)}.PNG", png_bytes(GREY16))
+    write(root / "c" / "unnamed.png", png_bytes(GREY8))  # time from frames.csv: 12:00:00.250
+    write(root / "zz_no_time.png", png_bytes(GREY8))  # no time at all: last
+    # bad files
+    write(root / f"{stamp(5)}.png", b"")
+    write(root / f"{stamp(6)}.png", b"these are the operator's notes, not a frame\n")
+    good_png = png_bytes(RNG.integers(0, 256, (64, 64), dtype=np.uint8))
+    write(root / f"{stamp(7)}.png", good_png[: len(good_png) // 2])
+    good_jpg = jpeg_bytes(RNG.integers(0, 256, (64, 64), dtype=np.uint8))
+    write(root / f"{stamp(8)}.jpg", good_jpg[: len(good_jpg) // 2])
+    tiff(root / f"{stamp(9)}.tif", GREY16.astype(np.float32))
+    # to be ignored: hidden folder and file, the run's output folder, other extensions
+    write(root / ".thumbnails" / f"{stamp(10)}.png", png_bytes(GREY8))
+    write(root / f"._{stamp(11)}.png", b"AppleDouble")
+    write(root / "out" / "ecotaxa" / f"{stamp(12)}.png", png_bytes(GREY8))
+    write(root / "notes.txt", b"hello")
+    (root / "frames.csv").write_text("path,time\nc/unnamed.png,2023-06-01T12:00:00.250Z\n")
+    return root
+
+
+GOOD_ORDER = [f"{stamp(0, 0)}.tif", "unnamed.png", f"{stamp(0, 500)}.png", f"{stamp(1)}.jpg",
+              f"{stamp(2)}.bmp", f"{stamp(3)}.png", f"{stamp(4)}.PNG"]
+BAD = {f"{stamp(5)}.png": "empty file (0 bytes)",
+       f"{stamp(6)}.png": "not an image",
+       f"{stamp(7)}.png": "truncated PNG data (re-copy the file from the instrument disk)",
+       f"{stamp(8)}.jpg": "truncated JPEG data",
+       f"{stamp(9)}.tif": "unsupported pixel type: float32"}
+
+
+def test_parse_timestamp_is_utc() -> None:
+    assert parse_timestamp(Path("x") / f"{stamp(3, 250)}.png", INSTRUMENT) == datetime(2023, 6, 1, 12, 0, 3, 250000, UTC)
+    assert parse_timestamp(Path("frame.png"), INSTRUMENT) is None
+    assert parse_timestamp(Path("ISIIS_20231301_120000_000.png"), INSTRUMENT) is None  # month 13
+    zoned = InstrumentConfig(timestamp_regex=r"(?P<ts>\d{8}T\d{6}[+-]\d{4})", timestamp_format="%Y%m%dT%H%M%S%z")
+    ts = parse_timestamp(Path("uvp_20230601T140000+0200.png"), zoned)
+    assert ts == datetime(2023, 6, 1, 12, 0, tzinfo=UTC) and ts.utcoffset().total_seconds() == 0
+
+
+def test_find_frames_in_time_order(cruise: Path) -> None:
+    found = find_frames(cruise, INSTRUMENT, exclude=[cruise / "out"])
+    names = [f.path.name for f in found]
+    assert names == GOOD_ORDER[:3] + [f"{stamp(1)}.jpg", f"{stamp(2)}.bmp", f"{stamp(3)}.png", f"{stamp(4)}.PNG",
+                                      *sorted(BAD)] + ["zz_no_time.png"]
+    assert [f.index for f in found] == list(range(len(found)))
+    assert all(f.pixel_size_um == 12.5 for f in found)
+    assert found[1].timestamp == datetime(2023, 6, 1, 12, 0, 0, 250000, UTC)  # from frames.csv
+    assert found[-1].timestamp is None
+    assert all(f.timestamp.tzinfo == UTC for f in found[:-1])
+
+
+def test_excluded_and_hidden_folders_are_ignored(cruise: Path) -> None:
+    names = {f.path.name for f in find_frames(cruise, INSTRUMENT, exclude=[cruise / "out"])}
+    assert f"{stamp(12)}.png" not in names  # the output folder
+    assert f"{stamp(10)}.png" not in names and f"._{stamp(11)}.png" not in names  # hidden
+    assert f"{stamp(12)}.png" in {f.path.name for f in find_frames(cruise, INSTRUMENT)}
+
+
+def test_missing_cruise_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="cruise folder not found"):
+        find_frames(tmp_path / "nope", INSTRUMENT)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("file,when\na.png,2023-06-01T12:00:00\n", "needs the columns 'path' and 'time'"),
+    ("path,time\na.png,yesterday\n", "line 2: time 'yesterday' is not ISO-8601"),
+])
+def test_bad_frame_index_stops_at_start(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "frames.csv").write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        find_frames(tmp_path, INSTRUMENT)
+
+
+def test_good_frames_decode_to_grey(tmp_path: Path) -> None:
+    assert np.array_equal(read_frame(write(tmp_path / "g8.png", png_bytes(GREY8))), GREY8)
+    g16 = read_frame(write(tmp_path / "g16.png", png_bytes(GREY16)))
+    assert g16.dtype == np.uint16 and np.array_equal(g16, GREY16)
+    assert np.array_equal(read_frame(tiff(tmp_path / "g16.tif", GREY16)), GREY16)
+    assert np.array_equal(read_frame(tiff(tmp_path / "g16z.tif", GREY16, compression="zlib")), GREY16)
+    assert np.array_equal(read_frame(write(tmp_path / "g8.bmp", cv2.imencode(".bmp", GREY8)[1].tobytes())), GREY8)
+    jpg = read_frame(write(tmp_path / "g8.jpg", jpeg_bytes(GREY8)))
+    assert jpg.dtype == np.uint8 and jpg.shape == GREY8.shape
+
+
+def test_colour_alpha_and_bilevel_frames(tmp_path: Path) -> None:
+    expected = cv2.cvtColor(RGB8, cv2.COLOR_RGB2GRAY)
+    Image.fromarray(RGB8).save(tmp_path / "rgb.png")
+    assert np.array_equal(read_frame(tmp_path / "rgb.png"), expected)
+    Image.fromarray(np.dstack([RGB8, np.full((12, 10), 7, np.uint8)])).save(tmp_path / "rgba.png")
+    assert np.array_equal(read_frame(tmp_path / "rgba.png"), expected)
+    assert np.array_equal(read_frame(tiff(tmp_path / "rgb.tif", RGB8, photometric="rgb")), expected)
+    rgb16 = (RGB8.astype(np.uint16) * 257)
+    write(tmp_path / "rgb16.png", png_bytes(rgb16[..., ::-1]))  # OpenCV writes BGR
+    out = read_frame(tmp_path / "rgb16.png")
+    assert out.dtype == np.uint16 and np.array_equal(out, cv2.cvtColor(rgb16, cv2.COLOR_RGB2GRAY))
+    bits = GREY8 > 127
+    Image.fromarray(bits).save(tmp_path / "bits.png")
+    assert np.array_equal(read_frame(tmp_path / "bits.png"), bits * np.uint8(255))
+    assert np.array_equal(read_frame(tiff(tmp_path / "bits.tif", bits, photometric="minisblack")), bits * np.uint8(255))
+    # min-is-white (fax style): a set bit is black
+    assert np.array_equal(read_frame(tiff(tmp_path / "white.tif", bits, photometric="miniswhite")), ~bits * np.uint8(255))
+
+
+@pytest.mark.parametrize("name, make, reason", [
+    ("int32.tif", lambda p: tiff(p, GREY16.astype(np.int32)), "unsupported pixel type: int32"),
+    ("bands.tif", lambda p: tiff(p, np.zeros((12, 10, 5), np.uint8), photometric="minisblack", planarconfig="contig"),
+     "unsupported layout"),
+    ("cut.tif", lambda p: write(p, tiff(p, GREY16).read_bytes()[:200]), "truncated TIFF data"),
+    ("zero.png", lambda p: write(p, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(4) + (10).to_bytes(4, "big")
+                                 + b"\x08\x00\x00\x00\x00" + bytes(20)), "zero-size image"),
+    ("stub.bmp", lambda p: write(p, b"BM" + bytes(10)), "corrupt BMP data"),
+])
+def test_more_bad_files(tmp_path: Path, name: str, make, reason: str) -> None:
+    path = make(tmp_path / name)
+    with pytest.raises(FrameError) as err:
+        read_frame(path)
+    assert reason in err.value.reason
+
+
+def test_content_decides_the_format(tmp_path: Path) -> None:
+    assert read_frame(write(tmp_path / "really_a_jpeg.png", jpeg_bytes(GREY8))).shape == GREY8.shape
+
+
+def test_frame_source_skips_bad_files_quietly(cruise: Path, caplog: pytest.LogCaptureFixture,
+                                              capfd: pytest.CaptureFixture) -> None:
+    source = FrameSource(find_frames(cruise, INSTRUMENT, exclude=[cruise / "out"]))
+    with caplog.at_level(logging.WARNING, logger="segplank"):
+        out = list(source)
+    assert [info.path.name for info, _ in out] == GOOD_ORDER + ["zz_no_time.png"]
+    for info, pixels in out:
+        assert pixels.ndim == 2 and (info.height, info.width) == pixels.shape == (12, 10)
+    dtypes = {info.path.name: pixels.dtype for info, pixels in out}
+    assert dtypes[f"{stamp(0, 0)}.tif"] == dtypes[f"{stamp(4)}.PNG"] == np.uint16
+    assert dtypes[f"{stamp(1)}.jpg"] == dtypes[f"{stamp(3)}.png"] == np.uint8
+    assert {s.path.name: s.reason for s in source.skipped}.keys() == BAD.keys()
+    for s in source.skipped:
+        assert BAD[s.path.name] in s.reason
+    lines = [r.getMessage() for r in caplog.records if r.name == "segplank"]
+    assert len(lines) == len(BAD)
+    assert f"skipped {cruise / f'{stamp(7)}.png'}: truncated PNG data (re-copy the file from the instrument disk)" in lines
+    printed = capfd.readouterr()
+    assert printed.out == "" and printed.err == ""  # no libpng/libjpeg chatter on the terminal
+
+
+def test_frame_source_is_lazy(cruise: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr(fr, "read_frame", lambda path: calls.append(path) or GREY8)
+    source = FrameSource(find_frames(cruise, INSTRUMENT))
+    stream = iter(source)
+    assert calls == []
+    next(stream)
+    assert len(calls) == 1
+
+
+def test_tiffs_tifffile_cannot_decode_here_go_through_pillow(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    Image.fromarray(GREY8).save(tmp_path / "lzw.tif", compression="tiff_lzw")  # LZW needs imagecodecs in tifffile
+    assert np.array_equal(read_frame(tmp_path / "lzw.tif"), GREY8)
+    Image.fromarray(GREY8).convert("P").save(tmp_path / "palette.tif")
+    assert read_frame(tmp_path / "palette.tif").dtype == np.uint8
+    # Pillow writes the image directory last: a cut file loses it
+    data = (tmp_path / "lzw.tif").read_bytes()
+    with pytest.raises(FrameError, match="truncated TIFF data"):
+        read_frame(write(tmp_path / "cut.tif", data[: len(data) // 2]))
+    printed = capfd.readouterr()
+    assert printed.out == "" and printed.err == ""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +27,7 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -77,6 +78,7 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
     """Detect, segment, classify, measure and write every object of a cruise. Reruns resume."""
     from .config import ConfigError, load_config
     from .engine.local import LocalRunner, RunError, resolve_device
+    from .frames import find_frames
     from .model.checkpoint import DEMO_MODEL, CheckpointError, load_checkpoint
 
     _setup_logging(verbose)
@@ -93,6 +95,10 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
             console.print("[yellow]Using the bundled demo model, trained on synthetic frames only: "
                           "train your own with `segplank train` for real data.[/]")
         runner = LocalRunner(cfg, ckpt, model_path, resolve_device(cfg.device), threads)
+        total = len(find_frames(cruise_dir, cfg.instrument, exclude=[output]))
+        if total == 0:
+            raise RunError(f"{cruise_dir}: no frames found (looked for {', '.join(cfg.instrument.extensions)} files "
+                           "below it); check the path")
     except (ConfigError, CheckpointError, RunError) as e:
         _fail(str(e))
     progress = Progress(TextColumn("[bold]infer"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
@@ -101,20 +107,12 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
         task = progress.add_task("frames", total=None, rate="")
 
         def on_frame(stats, n_obj: int) -> None:
-            import time as _t
-
-            el = max(1e-6, _t.time() - started)
-            progress.update(task, completed=stats.frames_done, total=total[0],
+            el = max(1e-6, time.time() - started)
+            progress.update(task, completed=stats.frames_done, total=total - stats.frames_resumed,
                             rate=f"{stats.frames_done / el:.2f} frames/s, {stats.objects / el:.0f} objects/s")
 
-        import time as _t
-
-        started = _t.time()
-        total = [None]
+        started = time.time()
         try:
-            from .frames import find_frames
-
-            total[0] = len(find_frames(cruise_dir, cfg.instrument, exclude=[output]))
             stats = runner.run(cruise_dir, output, force=force, on_frame=on_frame, limit=limit)
         except RunError as e:
             progress.stop()

@@ -329,8 +329,8 @@ class FrameSource:
     """Iterable of (FrameInfo with its size, pixels), decoding each frame only when reached.
 
     Unusable files are not yielded: they are logged (one warning line each, on the
-    ``segplank`` logger) and listed in ``skipped`` for the run's manifest. ``skipped``
-    describes the latest pass.
+    ``segplank`` logger) and listed in ``skipped`` for the run's manifest. Each pass starts
+    a new ``skipped`` list, so a list taken after a pass stays as it was.
     """
 
     def __init__(self, frames: Sequence[FrameInfo]) -> None:
@@ -341,7 +341,7 @@ class FrameSource:
         return len(self.frames)
 
     def __iter__(self) -> Iterator[tuple[FrameInfo, np.ndarray]]:
-        self.skipped.clear()
+        self.skipped = []
         for info in self.frames:
             try:
                 pixels = read_frame(info.path)

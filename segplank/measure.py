@@ -145,26 +145,26 @@ def _as_uint8(bitmap: np.ndarray) -> np.ndarray:
 def _outer_contours(mask: np.ndarray) -> list[np.ndarray]:
     """(K, 2) int32 pixel-centre points of each piece's outer boundary, in crop coordinates.
 
-    A 1-px zero border lets pieces that touch the crop's edge close their contour.
+    OpenCV >= 3.2 traces pieces that touch the crop's edge along it; no padding needed.
     """
-    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    contours, _ = cv2.findContours(padded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    return [c.reshape(-1, 2) - 1 for c in contours]
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [c.reshape(-1, 2) for c in contours]
 
 
 def _grey_stats(mask: np.ndarray, ox: int, oy: int, image: np.ndarray) -> tuple[float, float, float, float]:
-    """Mean, population sd, min and max of the frame under the mask (the in-frame part)."""
+    """Mean, population sd, min and max of the frame under the mask (its in-frame part)."""
     h, w = mask.shape
     x0, y0 = max(ox, 0), max(oy, 0)
     x1, y1 = min(ox + w, image.shape[1]), min(oy + h, image.shape[0])
-    if x1 <= x0 or y1 <= y0:
-        return (math.nan,) * 4
-    sub = np.ascontiguousarray(mask[y0 - oy:y1 - oy, x0 - ox:x1 - ox])
-    if not cv2.countNonZero(sub):
-        return (math.nan,) * 4
+    if (x0, y0, x1, y1) != (ox, oy, ox + w, oy + h):  # clipped by the frame's edge
+        if x1 <= x0 or y1 <= y0:
+            return (math.nan,) * 4
+        mask = np.ascontiguousarray(mask[y0 - oy:y1 - oy, x0 - ox:x1 - ox])
+        if not cv2.countNonZero(mask):
+            return (math.nan,) * 4
     crop = image[y0:y1, x0:x1]
-    mean, sd = cv2.meanStdDev(crop, mask=sub)
-    lo, hi, _, _ = cv2.minMaxLoc(crop, mask=sub)
+    mean, sd = cv2.meanStdDev(crop, mask=mask)
+    lo, hi, _, _ = cv2.minMaxLoc(crop, mask=mask)
     return float(mean[0, 0]), float(sd[0, 0]), float(lo), float(hi)
 
 
@@ -178,7 +178,7 @@ def _closed_polygons(polygons: Sequence[np.ndarray]) -> tuple[np.ndarray, np.nda
     which = np.repeat(np.arange(len(polygons)), lengths)
     successor = np.arange(1, len(points) + 1)
     ends = np.cumsum(lengths)[lengths > 0]
-    successor[ends - 1] = (ends - lengths[lengths > 0])
+    successor[ends - 1] = ends - lengths[lengths > 0]
     return points, which, successor
 
 
@@ -220,15 +220,17 @@ def _calipers(hulls: Sequence[np.ndarray]) -> np.ndarray:
     """
     sizes = np.array([len(h) for h in hulls], np.int64)
     out = np.zeros((len(hulls), 2))
+    if not sizes.sum():
+        return out
+    vertices = np.concatenate(hulls).astype(np.float64)
+    starts = np.cumsum(sizes) - sizes
     for batch in _batches_by_size(sizes):
         width = int(sizes[batch].max())
         if width == 0:
             continue
-        poly = np.zeros((len(batch), width, 2))
-        for row, i in enumerate(batch):
-            if sizes[i]:
-                poly[row, :sizes[i]] = hulls[i]
-                poly[row, sizes[i]:] = hulls[i][-1]
+        last = np.maximum(sizes[batch] - 1, 0)[:, None]
+        rows = starts[batch][:, None] + np.minimum(np.arange(width)[None, :], last)
+        poly = vertices[np.minimum(rows, len(vertices) - 1)]  # empty hulls: any vertex, zeroed below
         out[batch] = _padded_calipers(poly, sizes[batch])
     return out
 
@@ -259,6 +261,7 @@ def _padded_calipers(poly: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         across = np.where(lengths > 0, reach / lengths, np.inf)
     smallest = np.where(sizes >= 3, across.min(axis=1), 0.0)  # a point or a segment has no width
+    largest = np.where(sizes >= 2, largest, 0.0)
     return np.stack([largest, smallest], axis=1)
 
 

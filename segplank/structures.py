@@ -69,7 +69,9 @@ class RoiMasks:
     def to_cropped(self, boxes: np.ndarray, threshold: float = 0.5) -> "CroppedMasks":
         """Resample each soft mask to its integer box at full resolution (cv2, per object).
 
-        Cost is proportional to the objects' areas, never to the frame's.
+        Cost is proportional to the objects' areas, never to the frame's. A detection whose
+        mask falls below ``threshold`` everywhere keeps its most probable pixels (half its
+        peak), so no detected object leaves with an empty mask.
         """
         import cv2
 
@@ -80,7 +82,12 @@ class RoiMasks:
         y1 = np.maximum(np.ceil(boxes[:, 3]).astype(np.int64), y0 + 1)
         bitmaps = []
         for p, w, h in zip(probs, x1 - x0, y1 - y0):
-            bitmaps.append(cv2.resize(p, (int(w), int(h)), interpolation=cv2.INTER_LINEAR) >= threshold)
+            up = cv2.resize(p, (int(w), int(h)), interpolation=cv2.INTER_LINEAR)
+            bm = up >= threshold
+            if not bm.any():
+                peak = float(up.max())
+                bm = up >= peak * 0.5 if peak > 0 else np.ones_like(bm)
+            bitmaps.append(bm)
         return CroppedMasks(np.stack([x0, y0], 1) if len(x0) else np.zeros((0, 2), np.int64), tuple(bitmaps))
 
 

@@ -1,0 +1,47 @@
+import json
+
+import pytest
+
+from segplank.config import ModelConfig
+from segplank.model.build import build_model
+from segplank.model.checkpoint import Checkpoint, ClassMap
+from segplank.synth import CATEGORIES, make_cruise
+
+TINY = ModelConfig(name="tiny-test", width_mult=0.25, fpn_channels=16, box_head_dim=32, mask_head_channels=16,
+                   tile_size=256, detections_per_tile=50, rpn_pre_nms_top_n=200, rpn_post_nms_top_n=100)
+
+
+def make_tiny(path, favour: int = 1):
+    """Random weights, the synthetic classes, class ``favour`` scoring highest: every code path in seconds."""
+    import torch
+
+    torch.manual_seed(0)
+    classes = ClassMap.from_coco_categories(CATEGORIES)
+    model = build_model(TINY, len(classes))
+    with torch.no_grad():  # near-uniform class scores, so every proposal yields detections
+        model.roi_heads.box_predictor.cls_score.weight.mul_(0.01)
+        model.roi_heads.box_predictor.cls_score.bias.zero_()
+        model.roi_heads.box_predictor.cls_score.bias[favour] = 0.5
+    Checkpoint(TINY, classes, model.state_dict(), trained_on={"note": "random"}).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("model") / "tiny.pt", favour=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_snow_checkpoint(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("model") / "tiny_snow.pt", favour=6)
+
+
+@pytest.fixture(scope="session")
+def small_cruise(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cruise") / "c"
+    make_cruise(d, 3, seed=5, size=(384, 384))
+    return d
+
+
+def coco(path):
+    return json.loads(path.read_text())

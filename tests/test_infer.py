@@ -1,0 +1,123 @@
+"""`segplank infer` end to end, with a tiny random-weight model (the code paths) and bad inputs."""
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from pycocotools.coco import COCO
+from typer.testing import CliRunner
+
+from segplank.cli import app
+from segplank.export.parquet import SCHEMA
+
+runner = CliRunner()
+
+
+def _cfg(tmp_path, **filter_kw):
+    p = tmp_path / "cfg.yaml"
+    extra = "".join(f"  {k}: {v}\n" for k, v in filter_kw.items())
+    p.write_text("tiling:\n  tile_size: 256\n  overlap: 32\nfilter:\n  score_threshold: 0.0\n" + extra)
+    return p
+
+
+def _infer(cruise, out, model, cfg, *more):
+    return runner.invoke(app, ["infer", str(cruise), "-o", str(out), "--model", str(model), "--config", str(cfg), *more])
+
+
+def test_outputs_schema_coco_and_manifest(tmp_path, small_cruise, tiny_checkpoint):
+    out = tmp_path / "out"
+    r = _infer(small_cruise, out, tiny_checkpoint, _cfg(tmp_path))
+    assert r.exit_code == 0, r.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["complete"] and man["frames"]["found"] == 3 and man["frames"]["done_this_run"] == 3
+    assert len(man["model"]["sha256"]) == 64 and man["config"]["tiling"]["tile_size"] == 256
+    table = pq.read_table(sorted((out / "objects").glob("part-*.parquet")))
+    assert table.schema.equals(SCHEMA)
+    assert table.num_rows == man["counts"]["objects_written"] > 0
+    assert table.column("is_plankton").to_numpy().all()  # non-plankton are counted, not written
+    assert len(set(table.column("object_id").to_pylist())) == table.num_rows
+    assert np.isfinite(table.column("lat").to_numpy()).all()  # nav covers the frames
+    coco = COCO(str(out / "predictions.coco.json"))
+    assert len(coco.getAnnIds()) == table.num_rows
+    ann = coco.loadAnns(coco.getAnnIds()[:1])[0]
+    m = coco.annToMask(ann)
+    assert m.sum() == ann["area"]
+    detected = sum(man["counts"]["detected_per_class"].values())
+    assert detected >= table.num_rows
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_non_plankton_counted_and_written_only_on_request(tmp_path, small_cruise, tiny_snow_checkpoint):
+    cfg = _cfg(tmp_path)
+    r = _infer(small_cruise, tmp_path / "a", tiny_snow_checkpoint, cfg)
+    assert r.exit_code == 0, r.output
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert man["counts"]["detected_per_class"].get("marine_snow", 0) > 0
+    assert pq.read_table(tmp_path / "a" / "objects").num_rows == 0
+    r = _infer(small_cruise, tmp_path / "b", tiny_snow_checkpoint, cfg, "--keep-non-plankton")
+    assert r.exit_code == 0, r.output
+    t = pq.read_table(tmp_path / "b" / "objects")
+    assert t.num_rows > 0 and not t.column("is_plankton").to_numpy().any()
+    assert set(t.column("label_name").to_pylist()) == {"marine_snow"}
+
+
+def test_rerun_resumes_and_other_run_is_refused(tmp_path, small_cruise, tiny_checkpoint):
+    out = tmp_path / "out"
+    cfg = _cfg(tmp_path)
+    assert _infer(small_cruise, out, tiny_checkpoint, cfg, "--limit", "2").exit_code == 0
+    first = pq.read_table(out / "objects").num_rows
+    r = _infer(small_cruise, out, tiny_checkpoint, cfg)
+    assert r.exit_code == 0, r.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["frames"]["done_before"] == 2 and man["frames"]["done_this_run"] == 1
+    table = pq.read_table(out / "objects")
+    assert len(set(table.column("frame_path").to_pylist())) == 3
+    assert len(set(table.column("object_id").to_pylist())) == table.num_rows >= first
+    # a different config on the same folder: one clear line, exit 2, nothing lost
+    other = tmp_path / "other.yaml"
+    other.write_text("tiling:\n  tile_size: 320\n  overlap: 32\n")
+    r = _infer(small_cruise, out, tiny_checkpoint, other)
+    assert r.exit_code == 2 and "another config or model" in r.output
+    assert pq.read_table(out / "objects").num_rows == table.num_rows
+
+
+def test_corrupt_frames_are_skipped_and_reported(tmp_path, small_cruise, tiny_checkpoint):
+    cruise = tmp_path / "cruise"
+    shutil.copytree(small_cruise, cruise)
+    frames = sorted((cruise / "frames").glob("*.png"))
+    data = frames[1].read_bytes()
+    frames[1].write_bytes(data[: len(data) // 2])
+    (cruise / "frames" / "ISIIS_20260601_130000_000.png").write_bytes(b"")
+    r = _infer(cruise, tmp_path / "out", tiny_checkpoint, _cfg(tmp_path))
+    assert r.exit_code == 0, r.output
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    reasons = {s["path"].split("/")[-1]: s["reason"] for s in man["frames"]["skipped"]}
+    assert len(reasons) == 2 and man["frames"]["done_this_run"] == 2
+    assert "skipped" in r.output
+
+
+def test_empty_folder_and_bad_model(tmp_path, small_cruise, tiny_checkpoint):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = _infer(empty, tmp_path / "o1", tiny_checkpoint, _cfg(tmp_path))
+    assert r.exit_code == 2 and "no frames found" in r.output
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a model")
+    r = _infer(small_cruise, tmp_path / "o2", bad, _cfg(tmp_path))
+    assert r.exit_code == 2 and "not a readable segplank checkpoint" in r.output
+    r = runner.invoke(app, ["infer", str(tmp_path / "nowhere"), "-o", str(tmp_path / "o3")])
+    assert r.exit_code == 2 and "not a folder" in r.output
+
+
+def test_bad_config_fails_before_work(tmp_path, small_cruise, tiny_checkpoint):
+    p = tmp_path / "c.yaml"
+    p.write_text("tiling:\n  tile_sise: 3\n")
+    r = _infer(small_cruise, tmp_path / "o", tiny_checkpoint, p)
+    assert r.exit_code == 2 and "tiling.tile_sise" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_version():
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.startswith("segplank ")

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+
+from segplank.model.checkpoint import CheckpointError, ClassMap, load_checkpoint
+from segplank.model.predict import TilePredictor
+
+from .conftest import TINY
+
+
+def test_checkpoint_round_trip_is_self_describing(tiny_checkpoint):
+    ck = load_checkpoint(tiny_checkpoint)
+    assert ck.model_config == TINY
+    assert ck.classes.names[0] == "copepod" and ck.classes.is_plankton[:5] == (True,) * 5
+    assert ck.classes.is_plankton[5:] == (False,) * 3
+    assert ck.segplank_version and ck.trained_on == {"note": "random"}
+    model = ck.build("cpu", tile_size=128)
+    assert model.transform.min_size == (128,)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "not a readable segplank checkpoint"),
+    (b"hello, not a model", "not a readable segplank checkpoint"),
+])
+def test_bad_model_files_fail_with_one_line(tmp_path, content, words):
+    p = tmp_path / "m.pt"
+    p.write_bytes(content)
+    with pytest.raises(CheckpointError, match=words) as e:
+        load_checkpoint(p)
+    assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_foreign_and_mismatched_checkpoints(tmp_path, tiny_checkpoint):
+    p = tmp_path / "foreign.pt"
+    torch.save({"model": {}}, p)
+    with pytest.raises(CheckpointError, match="not a segplank checkpoint"):
+        load_checkpoint(p)
+    payload = torch.load(tiny_checkpoint, weights_only=True)
+    payload["classes"] = payload["classes"][:3]
+    torch.save(payload, tmp_path / "mixed.pt")
+    with pytest.raises(CheckpointError, match="predict 8 classes but the checkpoint lists 3"):
+        load_checkpoint(tmp_path / "mixed.pt")
+    payload = torch.load(tiny_checkpoint, weights_only=True)
+    raw = (tmp_path / "cut.pt")
+    raw.write_bytes(tiny_checkpoint.read_bytes()[:5000])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(raw)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_predictor_empty_tile_and_box_relative_masks(tiny_checkpoint):
+    ck = load_checkpoint(tiny_checkpoint)
+    model = ck.build("cpu", tile_size=128)
+    thr = np.zeros(len(ck.classes) + 1, np.float32)
+    pred = TilePredictor(model, ck.classes, torch.device("cpu"), thr, batch_size=2)
+    tiles = np.ones((3, 128, 128), np.float32)
+    tiles[1, 40:60, 50:90] = 0.2
+    out = pred(tiles)
+    assert len(out) == 3
+    for d in out:
+        assert d.masks.probs.shape[1:] == (28, 28)
+        assert d.boxes.shape[1] == 4 and len(d) <= 50
+        assert (d.boxes[:, 2] <= 128).all() and (d.boxes[:, 0] >= 0).all()
+        # plankton detections got a mask from the head; others a full box
+        plank = ClassMap.plankton_mask(ck.classes, d.labels)
+        assert torch.equal(d.extra["has_mask"], plank)

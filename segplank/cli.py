@@ -24,6 +24,7 @@ out = Console()
 def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_time=False, show_path=False)], force=True)
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # damaged TIFFs are reported once, by the frame source
 
 
 def _fail(msg: str, code: int = 2) -> None:

@@ -85,7 +85,7 @@ class FilterConfig(_Section):
 class MeasureConfig(_Section):
     refine: bool = True  # re-segment each object at full resolution inside its dilated predicted mask
     refine_dilate_px: int = Field(4, ge=0, le=64)
-    refine_contrast: float = Field(10.0, gt=0)  # grey levels from the background that are object
+    refine_contrast: float = Field(10.0, gt=0)  # 8-bit grey levels from the background that are object (x257 on 16-bit frames)
 
 
 class OutputConfig(_Section):

@@ -219,7 +219,7 @@ def train(cfg: TrainConfig, train_coco: Path, out: Path, image_root: Path | None
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 10.0)
         opt.step()
-        row = {"iter": it + 1, "loss": float(loss), **{k: float(v) for k, v in losses.items()}, "lr": lr_at(it, cfg)}
+        row = {"iter": it + 1, "loss": loss.item(), **{k: v.item() for k, v in losses.items()}, "lr": lr_at(it, cfg)}
         at_end = it + 1 == cfg.iterations
         if (it + 1) % cfg.val_every == 0 or at_end:
             if val_batches:

@@ -8,17 +8,24 @@ import torch
 from segplank.structures import Detections, RoiMasks
 
 
-def perfect_tile_detections(masks: list[np.ndarray], windows: np.ndarray, labels: list[int] | None = None,
+def perfect_tile_detections(masks: list, windows: np.ndarray, labels: list[int] | None = None,
                             mask_size: int = 28) -> tuple[list[Detections], np.ndarray]:
     """What an ideal model would return per tile: each object's visible part, box and mask.
 
-    masks are full-frame bool arrays (fine for tests on small frames).
+    masks are full-frame bool arrays, or (x0, y0, bitmap) crops for big frames.
     """
     out, tile_ids = [], []
+    crops = [m if isinstance(m, tuple) else (0, 0, m) for m in masks]
     for t, (x0, y0, x1, y1) in enumerate(windows):
         boxes, rois, labs = [], [], []
-        for k, m in enumerate(masks):
-            part = m[y0:y1, x0:x1]
+        for k, (ox, oy, bm) in enumerate(crops):
+            h, w = bm.shape
+            if ox >= x1 or oy >= y1 or ox + w <= x0 or oy + h <= y0:
+                continue
+            part = np.zeros((y1 - y0, x1 - x0), bool)
+            sy0, sx0 = max(oy, y0), max(ox, x0)
+            sy1, sx1 = min(oy + h, y1), min(ox + w, x1)
+            part[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = bm[sy0 - oy:sy1 - oy, sx0 - ox:sx1 - ox]
             if not part.any():
                 continue
             ys, xs = np.nonzero(part)

@@ -81,7 +81,8 @@ class Postprocessor:
         d = d.replace(masks=d.masks.to_cropped(d.boxes))
         m = self.measure_cfg
         if m.refine and len(d):
-            d = refine_masks(d, image, self.polarity, m.refine_dilate_px, m.refine_contrast)
+            scale = 257.0 if image.dtype == np.uint16 else 1.0  # contrast is set in 8-bit grey levels
+            d = refine_masks(d, image, self.polarity, m.refine_dilate_px, m.refine_contrast * scale)
         else:
             d = d.replace(boxes=d.masks.tight_boxes())
         px = d.frame.pixel_size_um if d.frame else 1.0

@@ -121,3 +121,15 @@ def test_bad_config_fails_before_work(tmp_path, small_cruise, tiny_checkpoint):
 def test_version():
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and r.output.startswith("segplank ")
+
+
+def test_uvp_cruise_uses_its_polarity(tmp_path, tiny_checkpoint):
+    from segplank.synth import make_cruise
+
+    cruise = tmp_path / "uvp"
+    make_cruise(cruise, 1, seed=9, preset="uvp", size=(384, 384))
+    r = _infer(cruise, tmp_path / "out", tiny_checkpoint, _cfg(tmp_path))
+    assert r.exit_code == 0, r.output
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert man["config"]["instrument"]["polarity"] == "bright_on_dark"
+    assert man["tiles"]["run"] >= 1  # lit objects on a dark background are found as foreground

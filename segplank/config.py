@@ -68,6 +68,15 @@ class TilingConfig(_Section):
         return self
 
 
+class DetectorConfig(_Section):
+    """Inference-time knobs of the model; None keeps the checkpoint's own value."""
+
+    proposals_per_tile: int | None = Field(1000, ge=50)  # RPN proposals scored per tile
+    candidates_per_level: int | None = Field(2000, ge=50)  # RPN candidates per FPN level before NMS
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    batch_tiles: int = Field(4, ge=1)
+
+
 class StitchConfig(_Section):
     match_iou: float = Field(0.3, gt=0, le=1)  # mask IoU inside two tiles' shared window that joins two parts
     duplicate_iou: float = Field(0.6, gt=0, le=1)  # mask IoU of two detections of one tile that makes them one
@@ -99,6 +108,7 @@ class PipelineConfig(_Section):
     device: Device = "auto"
     instrument: InstrumentConfig = InstrumentConfig()
     tiling: TilingConfig = TilingConfig()
+    detector: DetectorConfig = DetectorConfig()
     stitch: StitchConfig = StitchConfig()
     filter: FilterConfig = FilterConfig()
     measure: MeasureConfig = MeasureConfig()
@@ -129,8 +139,8 @@ class ModelConfig(_Section):
     score_thresh: float = Field(0.05, ge=0, le=1)  # candidates kept per tile before the per-class thresholds
     nms_thresh: float = Field(0.5, gt=0, le=1)
     detections_per_tile: int = Field(1000, ge=1)  # a tile that fills it is reported, never silently cut
-    rpn_pre_nms_top_n: int = Field(6000, ge=100)
-    rpn_post_nms_top_n: int = Field(3000, ge=100)
+    rpn_pre_nms_top_n: int = Field(2000, ge=50)
+    rpn_post_nms_top_n: int = Field(1000, ge=50)
 
     @model_validator(mode="after")
     def _anchors(self) -> "ModelConfig":

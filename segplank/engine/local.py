@@ -82,11 +82,16 @@ class LocalRunner:
         if threads:
             torch.set_num_threads(threads)
         classes = ckpt.classes
-        model = ckpt.build(device, tile_size=cfg.tiling.tile_size)
+        det = cfg.detector
+        model_cfg = ckpt.model_config.model_copy(update={
+            k: v for k, v in {"rpn_post_nms_top_n": det.proposals_per_tile,
+                              "rpn_pre_nms_top_n": det.candidates_per_level}.items() if v is not None})
+        model = ckpt.replace_config(model_cfg).build(device, tile_size=cfg.tiling.tile_size)
+        amp = {"auto": None, "fp32": False, "bf16": True}[det.precision]
         self.tiler = Tiler(cfg.tiling, cfg.instrument.polarity)
         self.detector = FrameDetector(
             TilePredictor(model, classes, device, classes.threshold_array(cfg.filter.score_threshold),
-                          masks_for_non_plankton=cfg.filter.keep_non_plankton),
+                          masks_for_non_plankton=cfg.filter.keep_non_plankton, batch_size=det.batch_tiles, amp=amp),
             cfg.stitch)
         self.post = Postprocessor(classes, cfg.filter, cfg.measure, cfg.instrument.polarity)
         self.names = list(classes.names)

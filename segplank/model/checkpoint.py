@@ -6,6 +6,7 @@ what it was trained on, so ``--model ckpt.pt`` needs nothing else.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -96,6 +97,10 @@ class Checkpoint:
     segplank_version: str = __version__
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     demo: bool = False
+
+    def replace_config(self, model_config: ModelConfig) -> "Checkpoint":
+        """The same weights under inference-time settings (proposal counts, thresholds)."""
+        return dataclasses.replace(self, model_config=model_config)
 
     def build(self, device: torch.device | str = "cpu", tile_size: int | None = None) -> nn.Module:
         """The network, ready for inference on tiles of ``tile_size`` (never resized)."""

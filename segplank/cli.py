@@ -160,9 +160,11 @@ def train(coco: Path = typer.Argument(..., help="COCO annotations of full frames
           config: Optional[Path] = typer.Option(None, "--config", "-c", help="Training config YAML (configs/train_*.yaml)."),
           iterations: Optional[int] = typer.Option(None, min=1),
           polarity: str = typer.Option("dark_on_bright", help="dark_on_bright (ISIIS) or bright_on_dark (UVP)."),
+          init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint's weights."),
           demo: bool = typer.Option(False, hidden=True)) -> None:
     """Train a Mask R-CNN on chips cut from annotated frames; writes a self-describing checkpoint."""
     from .config import ConfigError, TrainConfig, build_config, read_yaml
+    from .model.checkpoint import CheckpointError
     from .train import train as run_train
 
     try:
@@ -182,7 +184,11 @@ def train(coco: Path = typer.Argument(..., help="COCO annotations of full frames
             info = f"loss {row['loss']:.3f}" + (f" val {row['val_loss']:.3f}" if "val_loss" in row else "")
             progress.update(task, completed=it, info=info)
 
-        ckpt = run_train(cfg, coco, output, images, val, polarity, on_iter, demo=demo)
+        try:
+            ckpt = run_train(cfg, coco, output, images, val, polarity, on_iter, demo=demo, init=init)
+        except (ValueError, CheckpointError) as e:
+            progress.stop()
+            _fail(str(e))
     out.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB); metrics: {ckpt.metrics}")
 
 

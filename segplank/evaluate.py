@@ -42,6 +42,7 @@ def object_match(gt_path: Path, pred_path: Path, iou: float = 0.5, min_score: fl
         gts.setdefault(a["image_id"], []).append(a)
     tp = fn = kept = kept_true = 0
     per_class: dict[str, list[int]] = {}
+    found_ids: list[int] = []
     for im in gt["images"]:
         h, w = im["height"], im["width"]
         g = gts.get(im["id"], [])
@@ -53,6 +54,8 @@ def object_match(gt_path: Path, pred_path: Path, iou: float = 0.5, min_score: fl
         for j, a in enumerate(g):
             name = g_name[a["category_id"]]
             found = j in matched_gt
+            if found:
+                found_ids.append(a["id"])
             per_class.setdefault(name, [0, 0])[0 if found else 1] += 1
             if name in plankton:
                 tp += found
@@ -66,6 +69,7 @@ def object_match(gt_path: Path, pred_path: Path, iou: float = 0.5, min_score: fl
         "gt_plankton": tp + fn, "pred_plankton": kept,
         "recall_per_class": {k: v[0] / max(1, sum(v)) for k, v in sorted(per_class.items())},
         "gt_per_class": {k: sum(v) for k, v in sorted(per_class.items())},
+        "found_ids": found_ids,
     }
 
 

@@ -23,7 +23,7 @@ from pycocotools import mask as mask_utils
 from .config import Polarity, TrainConfig
 from .frames import read_frame
 from .model.build import build_model
-from .model.checkpoint import Checkpoint, ClassMap
+from .model.checkpoint import Checkpoint, ClassMap, load_checkpoint
 from .tiling import to_model_input
 
 log = logging.getLogger("segplank")
@@ -191,8 +191,9 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
 
 def train(cfg: TrainConfig, train_coco: Path, out: Path, image_root: Path | None = None,
           val_coco: Path | None = None, polarity: Polarity = "dark_on_bright",
-          progress: Callable[[int, dict], None] | None = None, demo: bool = False) -> Checkpoint:
-    """Train and save a checkpoint at ``out``; returns it."""
+          progress: Callable[[int, dict], None] | None = None, demo: bool = False,
+          init: Path | None = None) -> Checkpoint:
+    """Train and save a checkpoint at ``out``; returns it. ``init``: start from a checkpoint's weights."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     frames, classes, categories = load_coco_frames(train_coco, image_root, polarity)
@@ -203,6 +204,12 @@ def train(cfg: TrainConfig, train_coco: Path, out: Path, image_root: Path | None
         vs = ChipSampler(vframes, cfg.chip_size, cfg.background_chip_share, cfg.seed + 1)
         val_batches = [[vs.sample() for _ in range(cfg.batch_size)] for _ in range(4)]
     model = build_model(cfg.model.model_copy(update={"tile_size": cfg.chip_size}), len(classes))
+    if init is not None:
+        start = load_checkpoint(init)
+        if start.classes.names != classes.names:
+            raise ValueError(f"{init}: its classes {list(start.classes.names)} differ from the training set's "
+                             f"{list(classes.names)}")
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in start.state_dict.items()})
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)

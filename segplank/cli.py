@@ -139,6 +139,9 @@ def _summary(stats, output: Path) -> None:
     t.add_row("plankton share of detections", f"{plank / detected:.1%}" if detected else "-")
     rate = stats.frames_done / stats.seconds if stats.seconds else 0
     t.add_row("throughput", f"{rate:.2f} frames/s, {detected / max(stats.seconds, 1e-6):.0f} detections/s")
+    total = sum(stats.stage_seconds.values())
+    if total:
+        t.add_row("time per stage", ", ".join(f"{k} {v / total:.0%}" for k, v in stats.stage_seconds.items()))
     out.print(t)
     if stats.per_class:
         c = Table(title="objects per class", show_header=True)

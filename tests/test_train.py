@@ -25,7 +25,9 @@ def test_train_writes_a_usable_self_describing_checkpoint(tmp_path, small_cruise
     r = runner.invoke(app, ["train", str(gt), "-c", str(cfg), "-o", str(tmp_path / "m2.pt"), "--init", str(out)])
     assert r.exit_code == 0, r.output
     # and it runs in infer
-    r = runner.invoke(app, ["infer", str(small_cruise), "-o", str(tmp_path / "o"), "--model", str(out)])
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text("tiling: {tile_size: 192, overlap: 32}\ndetector: {proposals_per_tile: 100, candidates_per_level: 200}\n")
+    r = runner.invoke(app, ["infer", str(small_cruise), "-o", str(tmp_path / "o"), "--model", str(out), "-c", str(pipe), "--limit", "1"])
     assert r.exit_code == 0, r.output
 
 

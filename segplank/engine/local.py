@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +52,7 @@ class RunStats:
     tiles_run: int = 0
     capped_tiles: int = 0
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # decode, tile, model, stitch, measure, write
 
     @property
     def skipped_tile_share(self) -> float:
@@ -121,27 +123,38 @@ class LocalRunner:
         source = FrameSource(todo)
         buf = _ShardBuffer()
         self._write_manifest(manifest_path, ident, cruise_dir, stats, final=False)
-        for frame, image in source:
-            tf = self.tiler(frame, image)
-            dets, capped = self.detector(tf)
-            kept, cols, counts = self.post(dets, image)
-            rel = _rel(frame.path, cruise_dir)
-            times = np.full(len(kept), epoch_seconds([frame.timestamp])[0])
-            lat, lon, depth = locator(times)
-            ts = [frame.timestamp] * len(kept) if frame.timestamp else None
-            plank = np.array([False, *self.ckpt.classes.is_plankton])[kept.labels]
-            table = object_rows(kept, self.names, plank, rel, ts, lat, lon, depth, cols)
-            buf.add(table, coco_image(kept, rel), coco_annotations(kept, table.column("object_id").to_pylist()),
-                    _frame_row(rel, tf, counts, self.names, shard))
+        clock = stats.stage_seconds
+        frames_iter = iter(source)
+        while True:
+            with _timed(clock, "decode"):
+                item = next(frames_iter, None)
+            if item is None:
+                break
+            frame, image = item
+            with _timed(clock, "tile"):
+                tf = self.tiler(frame, image)
+            dets, capped = self.detector(tf, clock)
+            with _timed(clock, "measure"):
+                kept, cols, counts = self.post(dets, image)
+            with _timed(clock, "write"):
+                rel = _rel(frame.path, cruise_dir)
+                times = np.full(len(kept), epoch_seconds([frame.timestamp])[0])
+                lat, lon, depth = locator(times)
+                ts = [frame.timestamp] * len(kept) if frame.timestamp else None
+                plank = np.array([False, *self.ckpt.classes.is_plankton])[kept.labels]
+                table = object_rows(kept, self.names, plank, rel, ts, lat, lon, depth, cols)
+                buf.add(table, coco_image(kept, rel), coco_annotations(kept, table.column("object_id").to_pylist()),
+                        _frame_row(rel, tf, counts, self.names, shard))
+                if buf.objects >= self.cfg.output.shard_objects or buf.frames >= self.cfg.output.shard_frames:
+                    buf.flush(out_dir, shard)
+                    shard += 1
             self._count(stats, counts, capped, kept)
             stats.frames_done += 1
-            if buf.objects >= self.cfg.output.shard_objects or buf.frames >= self.cfg.output.shard_frames:
-                buf.flush(out_dir, shard)
-                shard += 1
             if on_frame:
                 on_frame(stats, len(kept))
         if buf.frames:
-            buf.flush(out_dir, shard)
+            with _timed(clock, "write"):
+                buf.flush(out_dir, shard)
         stats.skipped = source.skipped
         stats.seconds = time.time() - t0
         self._finish(out_dir, cruise_dir, manifest_path, ident, stats)
@@ -200,6 +213,7 @@ class LocalRunner:
             "counts": {"detected_per_class": stats.per_class, "written_per_class": stats.written_per_class,
                        "objects_written": stats.objects},
             "seconds": round(stats.seconds, 2),
+            "stage_seconds": {k: round(v, 3) for k, v in stats.stage_seconds.items()},
         })
 
     def _finish(self, out_dir: Path, cruise_dir: Path, manifest_path: Path, ident: dict, stats: RunStats) -> None:
@@ -242,6 +256,15 @@ class _ShardBuffer:
         with atomic_path(out_dir / "frames" / f"{name}.parquet") as tmp:
             pq.write_table(pa.Table.from_pylist(self.frame_rows, schema=FRAME_SCHEMA), tmp)
         self.__init__()
+
+
+@contextmanager
+def _timed(clock: dict[str, float], stage: str) -> Iterator[None]:
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        clock[stage] = clock.get(stage, 0.0) + time.perf_counter() - t
 
 
 def _frame_row(rel: str, tf, counts, names: list[str], shard: int) -> dict:

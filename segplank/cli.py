@@ -214,6 +214,31 @@ def demo(out_dir: Path = typer.Argument(Path("demo_out"), help="Where to write t
               f"({scores['gt_plankton']} organisms, {scores['pred_plankton']} written as plankton)")
 
 
+@app.command()
+def bench(output: Path = typer.Option(Path("bench.json"), "-o", "--output", help="JSON results."),
+          model: Optional[Path] = typer.Option(None, "--model", "-m"),
+          work: Optional[Path] = typer.Option(None, help="Folder for the bench cruises (kept between runs)."),
+          sparse_frames: int = typer.Option(20, min=1), dense_frames: int = typer.Option(4, min=1),
+          threads: int = typer.Option(2, min=1)) -> None:
+    """Frames/s, detections/s, time per stage and peak memory on fixed synthetic cruises."""
+    from .bench import run_bench, write_json
+    from .model.checkpoint import DEMO_MODEL
+
+    result = run_bench(model or DEMO_MODEL, work, sparse_frames, dense_frames, threads)
+    write_json(result, output)
+    t = Table(title=f"segplank bench ({result['machine']})")
+    for col in ("case", "frames/s", "detections/frame", "detections/s", "tiles run", "plankton recall",
+                "peak MB", "model", "outside the model"):
+        t.add_column(col, justify="right")
+    for name, r in result["cases"].items():
+        share = r["stage_share"]
+        t.add_row(name, f"{r['frames_per_s']:.2f}", f"{r['detections_per_frame']:.0f}", f"{r['detections_per_s']:.0f}",
+                  f"{r['tiles_run']}/{r['tiles']}", f"{r['plankton_recall']:.3f}", f"{r['peak_rss_mb']:.0f}",
+                  f"{share.get('model', 0):.0%}", f"{1 - share.get('model', 0):.0%}")
+    out.print(t)
+    out.print(f"wrote {output}")
+
+
 def main() -> None:
     try:
         app()

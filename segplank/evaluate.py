@@ -12,13 +12,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-
-def _rle(seg: dict, h: int, w: int) -> dict:
-    if isinstance(seg, list):
-        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    if isinstance(seg.get("counts"), list):
-        return mask_utils.frPyObjects(seg, h, w)
-    return {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
+from .export.rle import to_rle
 
 
 def _plankton_names(categories: list[dict]) -> set[str]:
@@ -47,7 +41,7 @@ def object_match(gt_path: Path, pred_path: Path, iou: float = 0.5, min_score: fl
         h, w = im["height"], im["width"]
         g = gts.get(im["id"], [])
         p = sorted(preds.get(pred_by_file.get(Path(im["file_name"]).name, -1), []), key=lambda a: -a.get("score", 1))
-        ious = (mask_utils.iou([_rle(a["segmentation"], h, w) for a in p], [_rle(a["segmentation"], h, w) for a in g],
+        ious = (mask_utils.iou([to_rle(a["segmentation"], h, w) for a in p], [to_rle(a["segmentation"], h, w) for a in g],
                                [0] * len(g)) if g and p else np.zeros((len(p), len(g))))
         match = _greedy(np.asarray(ious).reshape(len(p), len(g)), iou)
         matched_gt = set(match.values())

@@ -21,6 +21,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from .config import Polarity, TrainConfig
+from .export.rle import to_rle
 from .frames import read_frame
 from .model.build import build_model
 from .model.checkpoint import Checkpoint, ClassMap, load_checkpoint
@@ -69,13 +70,7 @@ def load_coco_frames(coco_path: Path, image_root: Path | None, polarity: Polarit
 
 
 def _decode(seg, h: int, w: int) -> np.ndarray:
-    if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    elif isinstance(seg.get("counts"), list):
-        rle = mask_utils.frPyObjects(seg, h, w)
-    else:
-        rle = {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
-    return mask_utils.decode(rle).astype(bool)
+    return mask_utils.decode(to_rle(seg, h, w)).astype(bool)
 
 
 class ChipSampler:

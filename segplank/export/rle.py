@@ -5,6 +5,16 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 
+def to_rle(segmentation, height: int, width: int) -> dict:
+    """Any COCO segmentation (polygons, uncompressed or compressed RLE) as compressed RLE."""
+    if isinstance(segmentation, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation.get("counts"), list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    counts = segmentation["counts"]
+    return {"size": segmentation["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
+
+
 def encode_cropped(bitmap: np.ndarray) -> dict:
     """RLE of the bitmap itself (box-relative), counts as str: compact for Parquet rows."""
     rle = mask_utils.encode(np.asfortranarray(bitmap.astype(np.uint8)))

@@ -214,6 +214,61 @@ def demo(out_dir: Path = typer.Argument(Path("demo_out"), help="Where to write t
               f"({scores['gt_plankton']} organisms, {scores['pred_plankton']} written as plankton)")
 
 
+@app.command("eval")
+def evaluate_cmd(gt: Path = typer.Argument(..., help="Ground-truth COCO file of full frames."),
+                 pred: Optional[Path] = typer.Argument(None, help="Predictions (COCO); omit to run --model on the frames."),
+                 model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint to run on the GT frames."),
+                 iou: float = typer.Option(0.5, min=0.05, max=1.0, help="Mask IoU that makes a match."),
+                 target_precision: Optional[float] = typer.Option(
+                     None, min=0.0, max=1.0, help="Choose per-class score thresholds reaching this precision."),
+                 write_model: Optional[Path] = typer.Option(None, help="With --target-precision: the checkpoint with those thresholds."),
+                 json_out: Optional[Path] = typer.Option(None, "--json", help="Save the figures as JSON.")) -> None:
+    """Object-level recall and precision (plankton vs non-plankton, per class); optional threshold choice."""
+    import json as _json
+    import tempfile
+
+    from .evaluate import choose_thresholds, object_match
+    from .model.checkpoint import DEMO_MODEL, CheckpointError, load_checkpoint
+
+    if not gt.is_file():
+        _fail(f"{gt}: ground-truth file not found")
+    if pred is None:
+        model_path = model or DEMO_MODEL
+        run_dir = Path(tempfile.mkdtemp(prefix="segplank_eval_"))
+        low = run_dir / "low.yaml"
+        # every candidate is written when thresholds are to be chosen; else the model's own thresholds apply
+        low.write_text("filter: {score_threshold: 0.05}\n" if target_precision is not None else "{}\n")
+        try:
+            ckpt = load_checkpoint(model_path)
+        except CheckpointError as e:
+            _fail(str(e))
+        if target_precision is not None:
+            model_path = ckpt.with_thresholds(None).save(run_dir / "unthresholded.pt")
+        infer(gt.parent, output=run_dir / "out", model=model_path, config=low, device="auto",
+              keep_non_plankton=target_precision is not None, force=True, limit=None, threads=None, verbose=False)
+        pred = run_dir / "out" / "predictions.coco.json"
+    res = object_match(gt, pred, iou)
+    t = Table(title=f"{pred} vs {gt} (mask IoU ≥ {iou})")
+    t.add_column("class")
+    t.add_column("ground truth", justify="right")
+    t.add_column("recall", justify="right")
+    for name, n in res["gt_per_class"].items():
+        t.add_row(name, str(n), f"{res['recall_per_class'][name]:.3f}")
+    out.print(t)
+    out.print(f"plankton recall {res['plankton_recall']:.3f} ({res['gt_plankton']} organisms); "
+              f"plankton precision {res['plankton_precision']:.3f} ({res['pred_plankton']} written as plankton)")
+    summary = {k: v for k, v in res.items() if k not in ("records", "found_ids")}
+    if target_precision is not None:
+        thr = choose_thresholds(res["records"], target_precision)
+        summary["thresholds"] = thr
+        out.print("per-class thresholds: " + ", ".join(f"{k} {v:.2f}" for k, v in thr.items()))
+        if write_model:
+            load_checkpoint(model or DEMO_MODEL).with_thresholds(thr).save(write_model)
+            out.print(f"wrote {write_model}")
+    if json_out:
+        json_out.write_text(_json.dumps(summary, indent=1))
+
+
 @app.command()
 def bench(output: Path = typer.Option(Path("bench.json"), "-o", "--output", help="JSON results."),
           model: Optional[Path] = typer.Option(None, "--model", "-m"),

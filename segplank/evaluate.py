@@ -37,6 +37,7 @@ def object_match(gt_path: Path, pred_path: Path, iou: float = 0.5, min_score: fl
     tp = fn = kept = kept_true = 0
     per_class: dict[str, list[int]] = {}
     found_ids: list[int] = []
+    records: list[tuple[str, float, bool]] = []  # per prediction: class, score, counted as right
     for im in gt["images"]:
         h, w = im["height"], im["width"]
         g = gts.get(im["id"], [])
@@ -55,16 +56,41 @@ def object_match(gt_path: Path, pred_path: Path, iou: float = 0.5, min_score: fl
                 tp += found
                 fn += not found
         for i, a in enumerate(p):
-            if p_name[a["category_id"]] in plankton:
+            name = p_name[a["category_id"]]
+            right = i in match and (g_name[g[match[i]]["category_id"]] in plankton or name not in plankton)
+            records.append((name, float(a.get("score", 1.0)), bool(right)))
+            if name in plankton:
                 kept += 1
-                kept_true += i in match and g_name[g[match[i]]["category_id"]] in plankton
+                kept_true += right
     return {
         "plankton_recall": tp / max(1, tp + fn), "plankton_precision": kept_true / max(1, kept),
         "gt_plankton": tp + fn, "pred_plankton": kept,
         "recall_per_class": {k: v[0] / max(1, sum(v)) for k, v in sorted(per_class.items())},
         "gt_per_class": {k: sum(v) for k, v in sorted(per_class.items())},
         "found_ids": found_ids,
+        "records": records,
     }
+
+
+def choose_thresholds(records: list[tuple[str, float, bool]], target_precision: float,
+                      floor: float = 0.05) -> dict[str, float]:
+    """Per class, the lowest score threshold whose kept predictions reach ``target_precision``.
+
+    A prediction is right when it matches an organism (plankton classes) or any object
+    (non-plankton classes). A class that never reaches the target gets the threshold of its
+    most precise score band, so it still keeps what it does best; classes without
+    predictions are left out (the config's default applies).
+    """
+    out: dict[str, float] = {}
+    for name in sorted({r[0] for r in records}):
+        rows = sorted(((s, ok) for n, s, ok in records if n == name), key=lambda r: -r[0])
+        scores = np.array([r[0] for r in rows])
+        right = np.cumsum([r[1] for r in rows])
+        precision = right / np.arange(1, len(rows) + 1)
+        ok = np.flatnonzero(precision >= target_precision)
+        k = ok[-1] if len(ok) else int(np.argmax(precision))
+        out[name] = float(max(floor, scores[k]))
+    return out
 
 
 def _greedy(ious: np.ndarray, thr: float) -> dict[int, int]:

@@ -133,3 +133,29 @@ def test_uvp_cruise_uses_its_polarity(tmp_path, tiny_checkpoint):
     man = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert man["config"]["instrument"]["polarity"] == "bright_on_dark"
     assert man["tiles"]["run"] >= 1  # lit objects on a dark background are found as foreground
+
+
+def test_eval_matches_and_writes_thresholds(tmp_path, small_cruise, tiny_checkpoint):
+    from segplank.evaluate import object_match
+    from segplank.model.checkpoint import load_checkpoint
+
+    gt = small_cruise / "ground_truth.coco.json"
+    # the ground truth scored against itself is perfect
+    res = object_match(gt, gt)
+    assert res["plankton_recall"] == 1.0 and res["plankton_precision"] == 1.0
+    out = tmp_path / "m.pt"
+    r = runner.invoke(app, ["eval", str(gt), "--model", str(tiny_checkpoint), "--target-precision", "0.9",
+                            "--write-model", str(out), "--json", str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "e.json").read_text())
+    ck = load_checkpoint(out)
+    assert {n: t for n, t in zip(ck.classes.names, ck.classes.thresholds) if t is not None} == summary["thresholds"]
+
+
+def test_choose_thresholds_reaches_target():
+    from segplank.evaluate import choose_thresholds
+
+    recs = [("copepod", s, ok) for s, ok in [(0.9, True), (0.8, True), (0.7, False), (0.6, True), (0.5, False), (0.4, False)]]
+    assert choose_thresholds(recs, 0.75)["copepod"] == 0.6  # top 4: 3/4 right
+    assert choose_thresholds(recs, 1.0)["copepod"] == 0.8
+    assert choose_thresholds([("x", 0.3, False), ("x", 0.2, False)], 0.9)["x"] == 0.3

@@ -102,6 +102,12 @@ class Checkpoint:
         """The same weights under inference-time settings (proposal counts, thresholds)."""
         return dataclasses.replace(self, model_config=model_config)
 
+    def with_thresholds(self, thresholds: dict[str, float] | None) -> "Checkpoint":
+        """Per-class score thresholds set by name (None clears them: the config's default applies)."""
+        c = self.classes
+        thr = tuple((thresholds or {}).get(n) for n in c.names)
+        return dataclasses.replace(self, classes=ClassMap(c.names, c.is_plankton, thr))
+
     def build(self, device: torch.device | str = "cpu", tile_size: int | None = None) -> nn.Module:
         """The network, ready for inference on tiles of ``tile_size`` (never resized)."""
         cfg = self.model_config if tile_size is None else self.model_config.model_copy(update={"tile_size": tile_size})

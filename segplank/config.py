@@ -94,6 +94,8 @@ class FilterConfig(_Section):
 class MeasureConfig(_Section):
     refine: bool = True  # re-segment each object at full resolution inside its dilated predicted mask
     refine_dilate_px: int = Field(4, ge=0, le=64)
+    refine_grow: bool = False  # follow organisms past their predicted mask (fragments); may fuse touching organisms
+    duplicate_iou: float = Field(0.7, gt=0, le=1)  # refined objects whose boxes overlap this much are one
     refine_contrast: float = Field(10.0, gt=0)  # 8-bit grey levels from the background that are object (x257 on 16-bit frames)
 
 

@@ -14,7 +14,13 @@ levels before measuring, as the ISIIS T-CNN pipeline thresholds inside the CNN's
    ``dilate_px``;
 4. keep the 8-connected pieces that touch the predicted mask, fill their holes (a
    translucent medusa bell is one object);
-5. nothing left (a faint object): keep the predicted mask as it was.
+5. nothing left (a faint object): keep the predicted mask as it was;
+6. with ``grow``, the object may extend past the dilated prediction: the pieces touching it
+   are followed through a window up to a few times the object's size (the detector often
+   boxes part of an organism: a trunk without its tail, one side of a bell, a chaetognath
+   cut into tiles). A piece that reaches the window's edge at its largest size, or fills
+   half of it (a background gradient, not an organism), is not trusted: the object keeps
+   its dilated-prediction mask.
 
 ``contrast`` is in grey levels of the frame's own dtype: 10 on an 8-bit frame is about 2560
 on a 16-bit one. The fixed threshold catches translucent tissue, and so lies about one blur
@@ -33,7 +39,7 @@ _FALLBACK_PERCENTILE = {"dark_on_bright": 90.0, "bright_on_dark": 10.0}
 
 
 def refine_masks(dets: Detections, image: np.ndarray, polarity: Polarity, dilate_px: int = 4,
-                 contrast: float = 10.0) -> Detections:
+                 contrast: float = 10.0, grow: bool | np.ndarray = False) -> Detections:
     """Detections with each mask re-thresholded from ``image`` and boxes fitted tightly to it.
 
     Masks come back as ``CroppedMasks`` cropped to the refined object, boxes are their tight
@@ -49,8 +55,9 @@ def refine_masks(dets: Detections, image: np.ndarray, polarity: Polarity, dilate
         raise ValueError(f"refine_masks() needs a 2-D grey frame, got an array of shape {image.shape}")
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate_px + 1, 2 * dilate_px + 1))
     origins, bitmaps = [], []
-    for bitmap, (ox, oy) in zip(dets.masks.bitmaps, dets.masks.origins):
-        origin, refined = _refine_one(bitmap, int(ox), int(oy), image, polarity, kernel, dilate_px, contrast)
+    grows = np.broadcast_to(np.asarray(grow, bool), (len(dets),))
+    for bitmap, (ox, oy), g in zip(dets.masks.bitmaps, dets.masks.origins, grows):
+        origin, refined = _refine_one(bitmap, int(ox), int(oy), image, polarity, kernel, dilate_px, contrast, bool(g))
         origins.append(origin)
         bitmaps.append(refined)
     masks = CroppedMasks(np.array(origins, np.int64).reshape(-1, 2), tuple(bitmaps))
@@ -58,7 +65,8 @@ def refine_masks(dets: Detections, image: np.ndarray, polarity: Polarity, dilate
 
 
 def _refine_one(bitmap: np.ndarray, ox: int, oy: int, image: np.ndarray, polarity: Polarity,
-                kernel: np.ndarray, dilate_px: int, contrast: float) -> tuple[tuple[int, int], np.ndarray]:
+                kernel: np.ndarray, dilate_px: int, contrast: float,
+                grow: bool = False) -> tuple[tuple[int, int], np.ndarray]:
     """(origin, bitmap) of one refined object, cropped to its pixels; the predicted mask,
     cropped likewise, when nothing stands out or it lies outside the frame."""
     margin = 2 * dilate_px + 2
@@ -72,12 +80,45 @@ def _refine_one(bitmap: np.ndarray, ox: int, oy: int, image: np.ndarray, polarit
     if not predicted.any():
         return _tight_or_empty(bitmap, ox, oy)
     allowed = cv2.dilate(predicted, kernel)
-    candidate = _contrasted(crop, _background(crop, allowed, polarity), contrast, polarity)
+    background = _background(crop, allowed, polarity)
+    candidate = _contrasted(crop, background, contrast, polarity)
     candidate &= allowed.view(bool)
     kept = _touching(candidate.view(np.uint8), predicted)
     if kept is None:
         return _tight(predicted, x0, y0)
+    if grow:
+        grown = _grow(kept, x0, y0, image, background, contrast, polarity)
+        if grown is not None:
+            return grown
     return _tight(_fill_holes(kept), x0, y0)
+
+
+def _grow(seed: np.ndarray, sx: int, sy: int, image: np.ndarray, background: float, contrast: float,
+          polarity: Polarity, steps: int = 3, fill_limit: float = 0.5) -> tuple[tuple[int, int], np.ndarray] | None:
+    """The pieces connected to ``seed`` (placed at sx, sy), followed through growing windows.
+
+    Returns None when the piece is not closed inside the largest window, or fills more
+    than ``fill_limit`` of it: then it is background, not an organism.
+    """
+    h, w = seed.shape
+    H, W = image.shape
+    pad = max(h, w)
+    for _ in range(steps):
+        x0, y0 = max(sx - pad, 0), max(sy - pad, 0)
+        x1, y1 = min(sx + w + pad, W), min(sy + h + pad, H)
+        crop = image[y0:y1, x0:x1]
+        kept = _touching(_contrasted(crop, background, contrast, polarity).view(np.uint8),
+                         _paste(seed, sx - x0, sy - y0, crop.shape))
+        if kept is None:
+            return None
+        open_edges = ((x0 > 0 and kept[:, 0].any()) or (y0 > 0 and kept[0].any())
+                      or (x1 < W and kept[:, -1].any()) or (y1 < H and kept[-1].any()))
+        if not open_edges:
+            if cv2.countNonZero(kept) > fill_limit * kept.size:
+                return None
+            return _tight(_fill_holes(kept), x0, y0)
+        pad *= 2
+    return None
 
 
 def _paste(bitmap: np.ndarray, dx: int, dy: int, shape: tuple[int, int]) -> np.ndarray:

@@ -160,3 +160,32 @@ def test_masks_outside_the_frame_or_empty_are_kept() -> None:
     assert tuple(out.masks.origins[0]) == (501, 501) and np.array_equal(out.masks.bitmaps[0], outside)
     assert tuple(out.masks.origins[1]) == (2, 3) and out.masks.bitmaps[1].shape == (3, 5)
     np.testing.assert_array_equal(out.boxes, out.masks.tight_boxes())
+
+
+def test_grow_follows_an_organism_boxed_in_part():
+    """A detector that boxes only the trunk of a long organism: growth recovers the whole."""
+
+
+    img = np.full((400, 600), 210, np.uint8)
+    whole = np.zeros_like(img)
+    cv2.ellipse(whole, (300, 200), (250, 12), 0, 0, 360, 1, -1)
+    img[whole == 1] = 90
+    part = whole[188:213, 50:150].astype(bool)  # the left end only
+    dets = Detections(boxes=np.array([[50, 188, 150, 213]], np.float32), scores=np.ones(1, np.float32),
+                      labels=np.ones(1, np.int64), masks=CroppedMasks(np.array([[50, 188]]), (part,)))
+    plain = refine_masks(dets, img, "dark_on_bright", 4, 10.0)
+    grown = refine_masks(dets, img, "dark_on_bright", 4, 10.0, grow=True)
+    b = grown.masks.bitmaps[0]
+    assert b.sum() == pytest.approx(whole.sum(), rel=0.02)
+    assert plain.masks.bitmaps[0].sum() < 0.5 * whole.sum()
+
+
+def test_grow_refuses_a_background_gradient():
+
+    img = np.tile(np.linspace(230, 120, 600).astype(np.uint8), (400, 1))  # strong vignetting
+    img[190:210, 100:140] = 60
+    part = np.ones((20, 40), bool)
+    dets = Detections(boxes=np.array([[100, 190, 140, 210]], np.float32), scores=np.ones(1, np.float32),
+                      labels=np.ones(1, np.int64), masks=CroppedMasks(np.array([[100, 190]]), (part,)))
+    grown = refine_masks(dets, img, "dark_on_bright", 4, 10.0, grow=True)
+    assert grown.masks.bitmaps[0].sum() < 3 * part.sum()

@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
+from torchvision.ops import boxes as box_ops
 from ..config import FilterConfig, MeasureConfig, Polarity, StitchConfig, TilingConfig
 from ..measure import measure
 from ..model.checkpoint import ClassMap
@@ -57,6 +59,7 @@ class FrameCounts:
     written: int = 0
     too_small: int = 0
     too_large: int = 0
+    duplicates: int = 0  # parts of organisms that refinement showed to be one
     tiles: int = 0
     tiles_run: int = 0
     capped_tiles: int = 0
@@ -83,7 +86,10 @@ class Postprocessor:
         m = self.measure_cfg
         if m.refine and len(d):
             scale = 257.0 if image.dtype == np.uint16 else 1.0  # contrast is set in 8-bit grey levels
-            d = refine_masks(d, image, self.polarity, m.refine_dilate_px, m.refine_contrast * scale)
+            # organisms are what detectors box in parts (a trunk without its tail): only they grow
+            grow = self._plankton[d.labels] & m.refine_grow
+            d = refine_masks(d, image, self.polarity, m.refine_dilate_px, m.refine_contrast * scale, grow)
+            d = self._drop_grown_duplicates(d, grow, counts)
         else:
             d = d.replace(boxes=d.masks.tight_boxes())
         px = d.frame.pixel_size_um if d.frame else 1.0
@@ -97,6 +103,18 @@ class Postprocessor:
         cols = measure(d, image, px)
         counts.written = len(d)
         return d, cols, counts
+
+
+    def _drop_grown_duplicates(self, d: Detections, grown: np.ndarray, counts: "FrameCounts") -> Detections:
+        """Parts of one organism grow into the same object: keep the most confident."""
+        idx = np.flatnonzero(grown)
+        if len(idx) < 2:
+            return d
+        keep = box_ops.nms(torch.from_numpy(d.boxes[idx]), torch.from_numpy(d.scores[idx]),
+                           self.measure_cfg.duplicate_iou).numpy()
+        drop = np.setdiff1d(idx, idx[keep])
+        counts.duplicates = len(drop)
+        return d[np.setdiff1d(np.arange(len(d)), drop)]
 
 
 class FrameDetector:

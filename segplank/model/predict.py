@@ -12,9 +12,7 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import boxes as box_ops
 from torchvision.models.detection.roi_heads import maskrcnn_inference
 
 from ..structures import Detections, RoiMasks
@@ -31,7 +29,7 @@ class TilePredictor:
 
     def __init__(self, model: nn.Module, classes: ClassMap, device: torch.device,
                  score_thresholds: np.ndarray | None = None, masks_for_non_plankton: bool = False,
-                 batch_size: int = 4, amp: bool | None = None, group_first: bool = False) -> None:
+                 batch_size: int = 4, amp: bool | None = None) -> None:
         self.model = model.to(device).eval()
         self.classes = classes
         thr = classes.threshold_array(0.5) if score_thresholds is None else score_thresholds
@@ -43,8 +41,6 @@ class TilePredictor:
         self.capacity = model.roi_heads.detections_per_img
         self.capped_tiles = 0  # tiles whose candidates filled `detections_per_tile`: reported, never silent
         self.mask_size = 28
-        self.group_first = group_first
-        self._plankton_cols = torch.tensor(classes.is_plankton, dtype=torch.bool)
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
 
@@ -68,11 +64,8 @@ class TilePredictor:
             rh = m.roi_heads
             feats = rh.box_head(rh.box_roi_pool(features, proposals, images_t.image_sizes))
             logits, deltas = rh.box_predictor(feats)
-            if self.group_first:
-                boxes, scores, labels = self._decide(logits.float(), deltas.float(), proposals, images_t.image_sizes)
-            else:
-                boxes, scores, labels = rh.postprocess_detections(logits.float(), deltas.float(), proposals,
-                                                                  images_t.image_sizes)
+            boxes, scores, labels = rh.postprocess_detections(logits.float(), deltas.float(), proposals,
+                                                              images_t.image_sizes)
             self.capped_tiles += sum(int(len(b) >= self.capacity) for b in boxes)
             keep = [s >= self.thresholds[lb] for s, lb in zip(scores, labels)]
             boxes = [b[k] for b, k in zip(boxes, keep)]
@@ -98,40 +91,6 @@ class TilePredictor:
             result.append(Detections(boxes=b.float() * sc, scores=s.float(), labels=lb,
                                      masks=RoiMasks(probs), extra={"has_mask": n}))
         return result
-
-    def _decide(self, logits: torch.Tensor, deltas: torch.Tensor, proposals: list[torch.Tensor],
-                image_sizes: list[tuple[int, int]]) -> tuple[list, list, list]:
-        """One detection per proposal, decided plankton-first.
-
-        torchvision scores every class separately, so an organism the network hesitates
-        between two taxa over (copepod 0.4, appendicularian 0.35) comes out as two weak
-        detections, each below threshold, and is lost. Here the group comes first: a proposal
-        is plankton when its plankton classes together outweigh the non-plankton ones; its
-        label is the likeliest class of that group and its score the group's probability.
-        Then class-agnostic NMS and the per-tile budget, as in torchvision.
-        """
-        rh = self.model.roi_heads
-        probs = F.softmax(logits, -1)[:, 1:]  # (P, K) foreground classes
-        plank = self._plankton_cols.to(probs.device)
-        p_pl = (probs * plank).sum(1)
-        p_np = (probs * ~plank).sum(1)
-        is_pl = p_pl >= p_np
-        in_group = is_pl[:, None] == plank[None, :]
-        labels = torch.where(in_group, probs, torch.full_like(probs, -1.0)).argmax(1) + 1
-        scores = torch.where(is_pl, p_pl, p_np)
-        decoded = rh.box_coder.decode(deltas, proposals).reshape(len(probs), -1, 4)
-        boxes = decoded[torch.arange(len(probs), device=probs.device), labels]
-        out_b, out_s, out_l = [], [], []
-        for b, s, lb, size in zip(boxes.split([len(p) for p in proposals]), scores.split([len(p) for p in proposals]),
-                                  labels.split([len(p) for p in proposals]), image_sizes):
-            b = box_ops.clip_boxes_to_image(b, size)
-            k = torch.where((s > rh.score_thresh) & ((b[:, 2:] - b[:, :2]) > 1e-2).all(1))[0]
-            b, s, lb = b[k], s[k], lb[k]
-            k = box_ops.nms(b, s, rh.nms_thresh)[: rh.detections_per_img]
-            out_b.append(b[k])
-            out_s.append(s[k])
-            out_l.append(lb[k])
-        return out_b, out_s, out_l
 
     def _needs_mask(self, labels: torch.Tensor) -> torch.Tensor:
         if self.masks_for_non_plankton:

@@ -53,7 +53,7 @@ def run_bench(model: Path, work: Path | None = None, sparse_frames: int = 20, de
     from .synth import make_cruise
 
     work = Path(work or tempfile.mkdtemp(prefix="segplank_bench_"))
-    cases = [Case("sparse", "sparse", sparse_frames), Case("sparse, model on every tile", "sparse", sparse_frames, False),
+    cases = [Case("sparse", "sparse", sparse_frames), Case("sparse, no skip", "sparse", sparse_frames, False),
              Case("mixed", "mixed", dense_frames), Case("dense", "dense", dense_frames)]
     results = {}
     ctx = mp.get_context("spawn")

@@ -282,8 +282,7 @@ def bench(output: Path = typer.Option(Path("bench.json"), "-o", "--output", help
     result = run_bench(model or DEMO_MODEL, work, sparse_frames, dense_frames, threads)
     write_json(result, output)
     t = Table(title=f"segplank bench ({result['machine']})")
-    for col in ("case", "frames/s", "detections/frame", "detections/s", "tiles run", "plankton recall",
-                "peak MB", "model", "outside the model"):
+    for col in ("case", "frames/s", "det/frame", "det/s", "tiles run", "recall", "peak MB", "model", "other"):
         t.add_column(col, justify="right")
     for name, r in result["cases"].items():
         share = r["stage_share"]

@@ -205,7 +205,7 @@ class Detections:
         )
 
     @staticmethod
-    def empty(frame: FrameInfo | None = None, mask_size: int = 28) -> "Detections":
+    def empty(frame: FrameInfo | None = None) -> "Detections":
         return Detections(
             boxes=np.zeros((0, 4), np.float32),
             scores=np.zeros(0, np.float32),

@@ -23,7 +23,7 @@ import torch
 
 from .. import __version__
 from ..config import PipelineConfig, dump_config
-from ..export.atomic import write_json
+from ..export.atomic import atomic_path, write_json
 from ..export.coco import coco_annotations, coco_categories, coco_image, merge_coco_shards, write_coco_shard
 from ..export.parquet import object_rows, write_shard
 from ..frames import FrameSource, SkippedFrame, find_frames
@@ -217,6 +217,9 @@ class LocalRunner:
         })
 
     def _finish(self, out_dir: Path, cruise_dir: Path, manifest_path: Path, ident: dict, stats: RunStats) -> None:
+        """Merge COCO shards; after a resume, the manifest's counts cover every run, from the frame tables."""
+        if stats.frames_resumed:
+            stats.per_class, stats.objects = _totals(out_dir)
         cats = coco_categories(self.names, list(self.ckpt.classes.is_plankton))
         shards = sorted((out_dir / "coco").glob("part-*.json"))
         if self.cfg.output.coco:
@@ -251,8 +254,6 @@ class _ShardBuffer:
         write_coco_shard(out_dir / "coco" / f"{name}.json", self.images, self.annotations)
         for r in self.frame_rows:
             r["shard"] = shard
-        from ..export.atomic import atomic_path
-
         with atomic_path(out_dir / "frames" / f"{name}.parquet") as tmp:
             pq.write_table(pa.Table.from_pylist(self.frame_rows, schema=FRAME_SCHEMA), tmp)
         self.__init__()
@@ -273,6 +274,19 @@ def _frame_row(rel: str, tf, counts, names: list[str], shard: int) -> dict:
     return {"frame_path": rel, "frame_index": tf.frame.index, "shard": shard, "time": tf.frame.timestamp,
             "tiles": len(tf.windows), "tiles_run": len(tf.run), "objects_written": counts.written,
             "counts": json.dumps(per)}
+
+
+def _totals(out_dir: Path) -> tuple[dict[str, int], int]:
+    """Detections per class and objects written, over all frame tables of the output."""
+    per_class: dict[str, int] = {}
+    written = 0
+    for p in sorted((out_dir / "frames").glob("part-*.parquet")):
+        t = pq.read_table(p, columns=["counts", "objects_written"])
+        written += int(sum(t.column("objects_written").to_pylist()))
+        for c in t.column("counts").to_pylist():
+            for k, v in json.loads(c).items():
+                per_class[k] = per_class.get(k, 0) + v
+    return per_class, written
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -5,7 +5,7 @@ The local engine and a Ray engine run these very objects; nothing here touches g
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -63,7 +63,6 @@ class FrameCounts:
     tiles: int = 0
     tiles_run: int = 0
     capped_tiles: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class Postprocessor:

@@ -60,8 +60,11 @@ def synth(out_dir: Path = typer.Argument(..., help="Folder to write the syntheti
         _fail(f"--preset {preset!r}: choose isiis or uvp")
     if density not in ("sparse", "mixed", "dense"):
         _fail(f"--density {density!r}: choose sparse, mixed or dense")
-    summary = make_cruise(out_dir, frames, seed, preset=preset, density=density, plankton_share=plankton_share,
-                          size=(size, size), workers=workers)
+    try:
+        summary = make_cruise(out_dir, frames, seed, preset=preset, density=density, plankton_share=plankton_share,
+                              size=(size, size), workers=workers)
+    except (FileExistsError, ValueError) as e:
+        _fail(str(e))
     out.print(str(summary))
 
 

@@ -102,8 +102,7 @@ class CroppedMasks:
         return len(self.bitmaps)
 
     def __getitem__(self, idx) -> "CroppedMasks":
-        idx = np.arange(len(self))[_index(np.arange(len(self)), idx)]
-        idx = np.atleast_1d(idx)
+        idx = np.atleast_1d(_index(np.arange(len(self)), idx))  # bool or integer index → positions
         return CroppedMasks(self.origins[idx].reshape(-1, 2), tuple(self.bitmaps[i] for i in idx))
 
     def to(self, device) -> "CroppedMasks":  # bitmaps live on the host

@@ -75,6 +75,7 @@ def test_rerun_resumes_and_other_run_is_refused(tmp_path, small_cruise, tiny_che
     assert len(set(table.column("frame_path").to_pylist())) == 3
     assert len(set(table.column("object_id").to_pylist())) == table.num_rows >= first
     assert man["counts"]["objects_written"] == table.num_rows  # totals cover both runs
+    assert sum(man["counts"]["written_per_class"].values()) == table.num_rows
     # a different config on the same folder: one clear line, exit 2, nothing lost
     other = tmp_path / "other.yaml"
     other.write_text("tiling:\n  tile_size: 320\n  overlap: 32\n")

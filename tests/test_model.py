@@ -40,8 +40,7 @@ def test_foreign_and_mismatched_checkpoints(tmp_path, tiny_checkpoint):
     torch.save(payload, tmp_path / "mixed.pt")
     with pytest.raises(CheckpointError, match="predict 8 classes but the checkpoint lists 3"):
         load_checkpoint(tmp_path / "mixed.pt")
-    payload = torch.load(tiny_checkpoint, weights_only=True)
-    raw = (tmp_path / "cut.pt")
+    raw = tmp_path / "cut.pt"
     raw.write_bytes(tiny_checkpoint.read_bytes()[:5000])
     with pytest.raises(CheckpointError):
         load_checkpoint(raw)

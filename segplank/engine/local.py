@@ -219,7 +219,7 @@ class LocalRunner:
     def _finish(self, out_dir: Path, cruise_dir: Path, manifest_path: Path, ident: dict, stats: RunStats) -> None:
         """Merge COCO shards; after a resume, the manifest's counts cover every run, from the frame tables."""
         if stats.frames_resumed:
-            stats.per_class, stats.objects = _totals(out_dir)
+            stats.per_class, stats.written_per_class, stats.objects = _totals(out_dir)
         cats = coco_categories(self.names, list(self.ckpt.classes.is_plankton))
         shards = sorted((out_dir / "coco").glob("part-*.json"))
         if self.cfg.output.coco:
@@ -276,17 +276,16 @@ def _frame_row(rel: str, tf, counts, names: list[str], shard: int) -> dict:
             "counts": json.dumps(per)}
 
 
-def _totals(out_dir: Path) -> tuple[dict[str, int], int]:
-    """Detections per class and objects written, over all frame tables of the output."""
+def _totals(out_dir: Path) -> tuple[dict[str, int], dict[str, int], int]:
+    """Detections per class, objects written per class and in all, over every shard of the output."""
     per_class: dict[str, int] = {}
-    written = 0
     for p in sorted((out_dir / "frames").glob("part-*.parquet")):
-        t = pq.read_table(p, columns=["counts", "objects_written"])
-        written += int(sum(t.column("objects_written").to_pylist()))
-        for c in t.column("counts").to_pylist():
+        for c in pq.read_table(p, columns=["counts"]).column("counts").to_pylist():
             for k, v in json.loads(c).items():
                 per_class[k] = per_class.get(k, 0) + v
-    return per_class, written
+    names = pq.read_table(out_dir / "objects", columns=["label_name"]).column("label_name").to_pylist()
+    written = {k: names.count(k) for k in sorted(set(names))}
+    return per_class, written, len(names)
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -75,6 +75,9 @@ class DetectorConfig(_Section):
     candidates_per_level: int | None = Field(2000, ge=50)  # RPN candidates per FPN level before NMS
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     batch_tiles: int = Field(4, ge=1)
+    # connected pieces of the foreground map go to the box head beside the RPN's proposals:
+    # long, thin and large organisms that anchors miss are boxed whole
+    component_proposals: bool = True
 
 
 class StitchConfig(_Section):

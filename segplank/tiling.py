@@ -84,6 +84,37 @@ def occupied_tiles(fg: np.ndarray, windows: np.ndarray, downsample: int, min_pix
     return counts >= min_pixels
 
 
+def component_boxes(fg: np.ndarray, downsample: int, min_pixels: int = 1, pad: int | None = None) -> np.ndarray:
+    """(K, 4) float32 frame boxes, x0 y0 x1 y1, of the 8-connected pieces of a foreground map.
+
+    These are the boxes a threshold segmentation (the classic ISIIS pipeline) would cut: on
+    clean shadowgraph frames they hold whole organisms that a region proposal network, with
+    its fixed anchors, misses when they are long, thin or large. They go to the detector's
+    box head as extra proposals; the box head still decides what, if anything, each one is.
+    """
+    n, _, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8), connectivity=8)
+    stats = stats[1:]
+    stats = stats[stats[:, cv2.CC_STAT_AREA] >= min_pixels]
+    pad = downsample if pad is None else pad
+    x0 = stats[:, 0] * downsample - pad
+    y0 = stats[:, 1] * downsample - pad
+    x1 = (stats[:, 0] + stats[:, 2]) * downsample + pad
+    y1 = (stats[:, 1] + stats[:, 3]) * downsample + pad
+    return np.stack([x0, y0, x1, y1], 1).astype(np.float32).reshape(-1, 4)
+
+
+def tile_proposals(boxes: np.ndarray, windows: np.ndarray, min_size: float = 4.0) -> list[np.ndarray]:
+    """Per window, the frame boxes that overlap it, clipped and in tile pixels."""
+    out = []
+    for x0, y0, x1, y1 in windows:
+        b = boxes - np.array([x0, y0, x0, y0], np.float32)
+        b[:, 0::2] = b[:, 0::2].clip(0, x1 - x0)
+        b[:, 1::2] = b[:, 1::2].clip(0, y1 - y0)
+        ok = ((b[:, 2] - b[:, 0]) >= min_size) & ((b[:, 3] - b[:, 1]) >= min_size)
+        out.append(b[ok])
+    return out
+
+
 def crop_tiles(image: np.ndarray, windows: np.ndarray, tile_size: int) -> np.ndarray:
     """(T, tile, tile) stack of the windows; frames smaller than a tile are padded with edge values."""
     out = np.empty((len(windows), tile_size, tile_size), image.dtype)

@@ -64,3 +64,6 @@ def test_predictor_empty_tile_and_box_relative_masks(tiny_checkpoint):
         # plankton detections got a mask from the head; others a full box
         plank = ClassMap.plankton_mask(ck.classes, d.labels)
         assert torch.equal(d.extra["has_mask"], plank)
+    # extra proposals (connected pieces of the foreground map) are scored beside the RPN's
+    extra = [np.zeros((0, 4), np.float32), np.array([[50, 40, 90, 60]], np.float32), np.zeros((0, 4), np.float32)]
+    assert len(pred(tiles, extra)) == 3

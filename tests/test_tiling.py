@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from segplank.tiling import crop_tiles, foreground_map, occupied_tiles, tile_grid, to_model_input
+from segplank.tiling import (component_boxes, crop_tiles, foreground_map, occupied_tiles, tile_grid, tile_proposals,
+                             to_model_input)
 
 
 def test_grid_covers_frame_with_full_tiles():
@@ -41,3 +42,21 @@ def test_model_input_polarity_and_padding():
     assert to_model_input(img.astype(np.uint16) * 257, "dark_on_bright").max() == pytest.approx(200 / 255)
     tiles = crop_tiles(to_model_input(img, "dark_on_bright"), tile_grid(100, 80, 128, 16), 128)
     assert tiles.shape == (1, 128, 128)
+
+
+def test_component_boxes_frame_whole_objects_and_clip_to_tiles():
+    img = np.full((400, 600), 200, np.uint8)
+    img[100:120, 30:330] = 60  # a long thin organism across two tiles
+    img[300:304, 500:504] = 60  # a speck
+    fg = foreground_map(img, "dark_on_bright", contrast=12, downsample=4)
+    boxes = component_boxes(fg, downsample=4, min_pixels=1)
+    assert len(boxes) == 2
+    long = boxes[np.argmax(boxes[:, 2] - boxes[:, 0])]
+    # the box holds the whole object, within the downsampling step plus its pad
+    assert long[0] <= 30 <= long[0] + 8 and long[2] - 8 <= 330 <= long[2]
+    assert long[1] <= 100 and long[3] >= 120
+    windows = np.array([[0, 0, 256, 256], [192, 0, 448, 256], [0, 200, 256, 400]])
+    per_tile = tile_proposals(boxes, windows)
+    assert [len(p) for p in per_tile] == [1, 1, 0]
+    assert per_tile[0][0, 2] == 256 and per_tile[1][0, 0] == 0  # clipped at the tile edges
+    assert component_boxes(np.zeros((10, 10), bool), 4).shape == (0, 4)

@@ -90,7 +90,7 @@ class LocalRunner:
                               "rpn_pre_nms_top_n": det.candidates_per_level}.items() if v is not None})
         model = ckpt.replace_config(model_cfg).build(device, tile_size=cfg.tiling.tile_size)
         amp = {"auto": None, "fp32": False, "bf16": True}[det.precision]
-        self.tiler = Tiler(cfg.tiling, cfg.instrument.polarity)
+        self.tiler = Tiler(cfg.tiling, cfg.instrument.polarity, cfg.detector.component_proposals)
         self.detector = FrameDetector(
             TilePredictor(model, classes, device, classes.threshold_array(cfg.filter.score_threshold),
                           masks_for_non_plankton=cfg.filter.keep_non_plankton, batch_size=det.batch_tiles, amp=amp),

@@ -17,7 +17,8 @@ from ..model.predict import TilePredictor
 from ..refine import refine_masks
 from ..stitch import Stitcher
 from ..structures import Detections, FrameInfo
-from ..tiling import crop_tiles, foreground_map, occupied_tiles, tile_grid, to_model_input
+from ..tiling import (component_boxes, crop_tiles, foreground_map, occupied_tiles, tile_grid, tile_proposals,
+                      to_model_input)
 
 
 @dataclass(frozen=True)
@@ -27,28 +28,33 @@ class TiledFrame:
     windows: np.ndarray  # (T, 4) the whole grid
     run: np.ndarray  # (R,) indices of tiles that go to the model
     tiles: np.ndarray  # (R, S, S) float32 model input
+    proposals: list[np.ndarray] | None = None  # (R,) extra box proposals per tile run, tile pixels
 
 
 class Tiler:
     """Frame → tiles worth running (the empty-tile test) as model input."""
 
-    def __init__(self, cfg: TilingConfig, polarity: Polarity) -> None:
+    def __init__(self, cfg: TilingConfig, polarity: Polarity, component_proposals: bool = False) -> None:
         self.cfg = cfg
         self.polarity = polarity
+        self.component_proposals = component_proposals
 
     def __call__(self, frame: FrameInfo, image: np.ndarray) -> TiledFrame:
         c = self.cfg
         h, w = image.shape
         windows = tile_grid(h, w, c.tile_size, c.overlap)
+        fg = (foreground_map(image, self.polarity, c.fg_contrast, c.downsample)
+              if c.skip_empty or self.component_proposals else None)
         if c.skip_empty:
-            fg = foreground_map(image, self.polarity, c.fg_contrast, c.downsample)
             run = np.flatnonzero(occupied_tiles(fg, windows, c.downsample, c.fg_min_pixels))
         else:
             run = np.arange(len(windows))
+        proposals = (tile_proposals(component_boxes(fg, c.downsample, c.fg_min_pixels), windows[run])
+                     if self.component_proposals else None)
         x = to_model_input(image, self.polarity)
         tiles = crop_tiles(x, windows[run], c.tile_size) if len(run) else np.zeros((0, c.tile_size, c.tile_size), np.float32)
         frame = replace(frame, tiles=windows, height=h, width=w)
-        return TiledFrame(frame, image, windows, run, tiles)
+        return TiledFrame(frame, image, windows, run, tiles, proposals)
 
 
 @dataclass
@@ -132,7 +138,7 @@ class FrameDetector:
         """
         before = self.predictor.capped_tiles
         t0 = time.perf_counter()
-        tile_dets = self.predictor(tf.tiles) if len(tf.run) else []
+        tile_dets = self.predictor(tf.tiles, tf.proposals) if len(tf.run) else []
         t1 = time.perf_counter()
         dets = self.stitcher(tile_dets, tf.windows, tf.run, frame=tf.frame)
         if clock is not None:

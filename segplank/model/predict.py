@@ -45,15 +45,21 @@ class TilePredictor:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
-    def __call__(self, tiles: np.ndarray | torch.Tensor) -> list[Detections]:
+    def __call__(self, tiles: np.ndarray | torch.Tensor,
+                 proposals: list[np.ndarray] | None = None) -> list[Detections]:
+        """``proposals``: optional extra boxes per tile (tile pixels) scored beside the RPN's."""
         out: list[Detections] = []
         for start in range(0, len(tiles), self.batch_size):
             batch = torch.as_tensor(tiles[start:start + self.batch_size])
             batch = batch.to(self.device, non_blocking=True).float()
-            out.extend(self._run(batch))
+            extra = None
+            if proposals is not None:
+                extra = [torch.as_tensor(p, dtype=torch.float32).reshape(-1, 4).to(self.device)
+                         for p in proposals[start:start + self.batch_size]]
+            out.extend(self._run(batch, extra))
         return out
 
-    def _run(self, batch: torch.Tensor) -> list[Detections]:
+    def _run(self, batch: torch.Tensor, extra: list[torch.Tensor] | None = None) -> list[Detections]:
         m = self.model
         images = [t[None].expand(3, -1, -1) for t in batch]
         ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
@@ -61,6 +67,8 @@ class TilePredictor:
             images_t, _ = m.transform(images)
             features = m.backbone(images_t.tensors)
             proposals, _ = m.rpn(images_t, features)
+            if extra is not None:
+                proposals = [torch.cat([p, e.to(p.dtype)]) for p, e in zip(proposals, extra)]
             rh = m.roi_heads
             feats = rh.box_head(rh.box_roi_pool(features, proposals, images_t.image_sizes))
             logits, deltas = rh.box_predictor(feats)

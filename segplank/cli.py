@@ -138,7 +138,7 @@ def _summary(stats, output: Path) -> None:
     t.add_row("empty tiles skipped", f"{stats.skipped_tile_share:.0%}")
     t.add_row("objects written", str(stats.objects))
     detected = sum(stats.per_class.values())
-    plank = sum(stats.written_per_class.values())
+    plank = sum(n for k, n in stats.per_class.items() if k in stats.plankton_names)
     t.add_row("plankton share of detections", f"{plank / detected:.1%}" if detected else "-")
     rate = stats.frames_done / stats.seconds if stats.seconds else 0
     t.add_row("throughput", f"{rate:.2f} frames/s, {detected / max(stats.seconds, 1e-6):.0f} detections/s")
@@ -294,6 +294,127 @@ def bench(output: Path = typer.Option(Path("bench.json"), "-o", "--output", help
                   f"{share.get('model', 0):.0%}", f"{1 - share.get('model', 0):.0%}")
     out.print(t)
     out.print(f"wrote {output}")
+
+
+@app.command("join-ctd")
+def join_ctd_cmd(run_dir: Path = typer.Argument(..., help="Output folder of `segplank infer`."),
+                 ctd_file: Path = typer.Argument(..., help="CTD record: Sea-Bird .cnv or CSV with a time column."),
+                 tolerance: float = typer.Option(5.0, min=0, help="Seconds: objects further than this from any CTD sample get NaN."),
+                 time_source: str = typer.Option("auto", help="For .cnv: auto, nmea or start_time (which header time starts the cast).")) -> None:
+    """Add the CTD variables (ctd_*) to every object and processed frame, interpolated at their UTC time."""
+    from .ctd import CtdError, join_ctd, read_ctd
+    from .export.atomic import write_json
+    from .runs import RunFolderError, read_manifest, rewrite_shards
+
+    if time_source not in ("auto", "nmea", "start_time"):
+        _fail(f"--time-source {time_source!r}: choose auto, nmea or start_time")
+    try:
+        manifest = read_manifest(run_dir)
+        record = read_ctd(ctd_file, time_source=time_source)
+    except (RunFolderError, CtdError) as e:
+        _fail(str(e))
+    except FileNotFoundError:
+        _fail(f"{ctd_file}: CTD file not found")
+    for w in record.warnings:
+        logging.getLogger("segplank").warning("%s: %s", ctd_file, w)
+
+    def join(df):
+        return join_ctd(df.drop(columns=[c for c in df.columns if c.startswith("ctd_")]), record, tolerance_s=tolerance)
+
+    try:
+        n_obj = rewrite_shards(run_dir, "objects", join)
+        n_frames = rewrite_shards(run_dir, "frames", join)
+    except RunFolderError as e:
+        _fail(str(e))
+    from .runs import read_frames
+
+    frames = read_frames(run_dir)
+    added = sorted(c for c in frames.columns if c.startswith("ctd_"))
+    missing = int(frames[added[0]].isna().sum()) if added else n_frames
+    manifest["ctd_join"] = {"file": str(ctd_file), "time_source": record.time_source, "tolerance_s": tolerance,
+                            "columns": added, "frames_without_ctd": missing}
+    write_json(run_dir / "manifest.json", manifest)
+    out.print(f"joined {', '.join(added) or 'nothing'} from {ctd_file} (times from {record.time_source}) to "
+              f"{n_obj} objects and {n_frames} frames; {missing} frames had no CTD sample within {tolerance:g} s")
+
+
+@app.command()
+def profile(run_dir: Path = typer.Argument(..., help="Output folder of `segplank infer` (after `join-ctd` for CTD means)."),
+            depth_bin: float = typer.Option(5.0, min=0.1, help="Depth bin, metres."),
+            distance_bin: Optional[float] = typer.Option(None, min=0.001, help="Along-track distance bin, km: adds a section GeoTIFF per taxon."),
+            taxa: str = typer.Option("plankton", help="plankton or all (non-plankton rows are only there with --keep-non-plankton)."),
+            output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder (default RUN_DIR/profile).")) -> None:
+    """Concentrations (ind. m⁻³) per taxon and depth bin, with CTD means; profile, track map and section."""
+    from .concentration import concentrations
+    from .plots import profile_figure, section_geotiff, track_map
+    from .runs import RunFolderError, read_frames, read_manifest, read_objects
+
+    try:
+        manifest = read_manifest(run_dir)
+        objects, frames = read_objects(run_dir), read_frames(run_dir)
+    except RunFolderError as e:
+        _fail(str(e))
+    if taxa not in ("plankton", "all"):
+        _fail(f"--taxa {taxa!r}: choose plankton or all")
+    volume = manifest["config"]["instrument"]["volume_per_frame_l"]
+    dest = output or run_dir / "profile"
+    dest.mkdir(parents=True, exist_ok=True)
+    conc = concentrations(objects, frames, volume, depth_bin_m=depth_bin, taxa=taxa)
+    conc.to_csv(dest / "concentrations.csv", index=False)
+    conc.to_parquet(dest / "concentrations.parquet", index=False)
+    profile_figure(conc, dest / "profile.png")
+    track_map(frames, objects, dest / "track.png", volume_per_frame_l=volume)
+    written = ["concentrations.csv", "concentrations.parquet", "profile.png", "track.png"]
+    if distance_bin:
+        section = concentrations(objects, frames, volume, depth_bin_m=depth_bin, distance_bin_m=distance_bin * 1000,
+                                 taxa=taxa)
+        for taxon in sorted(section["taxon"].unique()):
+            name = f"section_{taxon}.tif"
+            section_geotiff(section, dest / name, taxon=taxon)
+            written.append(name)
+    ex = conc.attrs.get("excluded_frames", 0)
+    out.print(f"wrote {', '.join(written)} in {dest}"
+              + (f"; {ex} frames without a depth were left out" if ex else ""))
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Write a run's objects for other tools (EcoTaxa).")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("ecotaxa")
+def export_ecotaxa_cmd(run_dir: Path = typer.Argument(..., help="Output folder of `segplank infer`."),
+                       output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder for the zips (default RUN_DIR/ecotaxa)."),
+                       sample_by: str = typer.Option("window", help="window (fixed UTC windows), cast (one per profile) or all."),
+                       window_minutes: float = typer.Option(60.0, min=0.1),
+                       all_objects: bool = typer.Option(False, "--all", help="Also non-plankton rows, when the run kept them."),
+                       scale_bar_mm: Optional[float] = typer.Option(1.0, help="Scale bar on each vignette (mm); 0 for none."),
+                       features: bool = typer.Option(True, help="Compute the ZooProcess features (needs the frames)."),
+                       project: Optional[str] = typer.Option(None, help="Prefix of the sample ids (default: the cruise folder's name)."),
+                       cruise_dir: Optional[Path] = typer.Option(None, help="Where the frames are, if the cruise folder moved since `infer`."),
+                       check: bool = typer.Option(True, help="Validate each zip against EcoTaxa's import rules.")) -> None:
+    """EcoTaxa import zips: ecotaxa_*.tsv (with its type row) and PNG vignettes, one per sample."""
+    from .export.ecotaxa import export_ecotaxa
+    from .export.ecotaxa_check import check_ecotaxa_zip
+    from .runs import RunFolderError
+
+    if sample_by not in ("window", "cast", "all"):
+        _fail(f"--sample-by {sample_by!r}: choose window, cast or all")
+    try:
+        zips = export_ecotaxa(run_dir, output, sample_by=sample_by, window_minutes=window_minutes,
+                              plankton_only=not all_objects, scale_bar_mm=scale_bar_mm or None, features=features,
+                              project=project, cruise_dir=cruise_dir)
+    except (RunFolderError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    bad = 0
+    for z in zips:
+        problems = check_ecotaxa_zip(z) if check else []
+        bad += bool(problems)
+        for p in problems:
+            console.print(f"[red]{z.name}:[/] {p}")
+    out.print(f"wrote {len(zips)} EcoTaxa zip(s) in {output or run_dir / 'ecotaxa'}"
+              + ("" if not check else ("; all pass the import rules" if not bad else f"; {bad} with problems")))
+    if bad:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -39,6 +39,10 @@ class InstrumentConfig(_Section):
     timestamp_regex: str = r"(?P<ts>\d{8}_\d{6}_\d{3})"
     timestamp_format: str = "%Y%m%d_%H%M%S_%f"
     extensions: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+    # line-scan cameras (ISIIS): lines per second. When set, an object's time is its frame's
+    # start time + the row of its centroid / line_rate_hz, so position and depth are those of
+    # its own line; None: every object takes its frame's time (UVP, or an unknown rate)
+    line_rate_hz: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _regex_has_ts(self) -> "InstrumentConfig":
@@ -108,6 +112,14 @@ class OutputConfig(_Section):
     coco: bool = True
 
 
+class GeoConfig(_Section):
+    """Where the navigation and CTD records lie below the cruise folder (glob patterns, first match wins)."""
+
+    nav: tuple[str, ...] = ("nav*.csv", "nav*.nmea", "*.nmea", "nav*.log", "nav*.txt")
+    ctd: tuple[str, ...] = ("ctd*.csv", "*.cnv")
+    max_gap_s: float = Field(60.0, gt=0)  # no interpolation across a longer gap in a record: NaN there
+
+
 class PipelineConfig(_Section):
     version: int = CONFIG_VERSION
     device: Device = "auto"
@@ -118,6 +130,7 @@ class PipelineConfig(_Section):
     filter: FilterConfig = FilterConfig()
     measure: MeasureConfig = MeasureConfig()
     output: OutputConfig = OutputConfig()
+    geo: GeoConfig = GeoConfig()
 
     @model_validator(mode="after")
     def _version(self) -> "PipelineConfig":

@@ -1,19 +1,26 @@
 """Navigation and depth records: UTC time → lat, lon, depth.
 
-A first, CSV-only version (the georeferencing issue adds NMEA, Sea-Bird .cnv and TEOS-10
-pressure-to-depth). Times outside a record's coverage give NaN, never a guess.
+Positions are interpolated along the navigation track (CSV, or raw NMEA 0183 logs), depth
+from the CTD: its depth column when it has one, otherwise its pressure converted with
+TEOS-10 (``gsw.z_from_p``) at the ship's latitude. Times outside a record's coverage, or
+inside a gap of it longer than ``max_gap_s``, give NaN, never a guess; the frames they
+hit are counted (``Coverage``) so the manifest says how many had no position or depth.
+Every time is UTC seconds since the epoch.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .config import GeoConfig
+
 log = logging.getLogger("segplank")
+_NO_LAT_DEG = 45.0  # gsw needs a latitude; where the track has none, its effect on depth is < 0.3 %
 
 
 @dataclass(frozen=True)
@@ -28,12 +35,40 @@ class Track:
         """Linear interpolation; NaN outside the record or across gaps longer than ``max_gap_s``."""
         times = np.asarray(times, np.float64)
         v = self.columns[name]
-        out = np.interp(times, self.t, v, left=np.nan, right=np.nan)
-        k = np.clip(np.searchsorted(self.t, times), 1, max(1, len(self.t) - 1))
-        if len(self.t) > 1:
-            gap = self.t[k] - self.t[k - 1]
-            out[gap > max_gap_s] = np.nan
+        ok = np.isfinite(v)
+        t, v = self.t[ok], v[ok]
+        if len(t) == 0:
+            return np.full(times.shape, np.nan)
+        out = np.interp(times, t, v, left=np.nan, right=np.nan)
+        if len(t) > 1:
+            k = np.clip(np.searchsorted(t, times), 1, len(t) - 1)
+            out[(t[k] - t[k - 1]) > max_gap_s] = np.nan
         return out
+
+    def covers(self, times: np.ndarray, max_gap_s: float = 60.0) -> np.ndarray:
+        """(N,) bool: times inside the record and not inside one of its gaps."""
+        times = np.asarray(times, np.float64)
+        if len(self.t) == 0:
+            return np.zeros(times.shape, bool)
+        inside = (times >= self.t[0]) & (times <= self.t[-1])
+        if len(self.t) > 1:
+            k = np.clip(np.searchsorted(self.t, times), 1, len(self.t) - 1)
+            inside &= (self.t[k] - self.t[k - 1]) <= max_gap_s
+        return inside
+
+    @staticmethod
+    def from_frame(df: pd.DataFrame, columns: dict[str, tuple[str, ...]], source: Path | None = None) -> "Track":
+        """From a table with a tz-aware ``time`` column and the first present alias per column."""
+        t = pd.to_datetime(df["time"], utc=True)
+        secs = (t - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(np.float64)
+        cols = {}
+        for name, aliases in columns.items():
+            hit = next((a for a in aliases if a in df.columns), None)
+            if hit is not None:
+                cols[name] = pd.to_numeric(df[hit], errors="coerce").to_numpy(np.float64)
+        ok = np.isfinite(secs)
+        order = np.argsort(secs[ok], kind="stable")
+        return Track(secs[ok][order], {k: v[ok][order] for k, v in cols.items()}, source)
 
     @staticmethod
     def read_csv(path: Path, columns: dict[str, tuple[str, ...]]) -> "Track":
@@ -41,57 +76,152 @@ class Track:
         df = pd.read_csv(path)
         if "time" not in df.columns:
             raise ValueError(f"{path}: no 'time' column (expected ISO-8601 UTC times)")
-        t = pd.to_datetime(df["time"], utc=True, format="ISO8601")
-        secs = (t - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
-        cols = {}
-        for name, aliases in columns.items():
-            hit = next((a for a in aliases if a in df.columns), None)
-            if hit is not None:
-                cols[name] = df[hit].to_numpy(np.float64)
-        order = np.argsort(secs, kind="stable")
-        return Track(secs[order], {k: v[order] for k, v in cols.items()}, Path(path))
+        df["time"] = pd.to_datetime(df["time"], utc=True, format="ISO8601")
+        return Track.from_frame(df, columns, Path(path))
 
 
 def epoch_seconds(ts: list[datetime | None]) -> np.ndarray:
     return np.array([t.timestamp() if t is not None else np.nan for t in ts], np.float64)
 
 
+@dataclass
+class Coverage:
+    """Frames that fell outside the navigation or CTD record (their objects got NaN)."""
+
+    frames: int = 0
+    outside_nav: int = 0
+    outside_ctd: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"frames": self.frames, "outside_nav": self.outside_nav, "outside_ctd": self.outside_ctd}
+
+
+@dataclass(frozen=True)
+class Position:
+    lat: np.ndarray
+    lon: np.ndarray
+    depth_m: np.ndarray
+
+
 class Locator:
-    """Callable stage: times → (lat, lon, depth_m), from the cruise's nav and CTD CSVs if present."""
+    """Callable stage: UTC times → ``Position``, from the cruise's navigation and CTD records."""
 
-    NAV = {"lat": ("lat", "latitude"), "lon": ("lon", "longitude")}
-    CTD = {"depth_m": ("depth_m", "depth"), "pressure_dbar": ("pressure_dbar", "pressure")}
+    NAV = {"lat": ("lat", "latitude", "Latitude", "LAT"), "lon": ("lon", "longitude", "Longitude", "LON")}
+    CTD = {"depth_m": ("depth_m", "depth", "Depth"), "pressure_dbar": ("pressure_dbar", "pressure", "prdM", "Pressure"),
+           "lat": ("lat",), "lon": ("lon",)}
 
-    def __init__(self, nav: Track | None = None, ctd: Track | None = None) -> None:
+    def __init__(self, nav: Track | None = None, ctd: Track | None = None, max_gap_s: float = 60.0) -> None:
         self.nav = nav
         self.ctd = ctd
+        self.max_gap_s = max_gap_s
+        self.coverage = Coverage()
+
+    @property
+    def depth_source(self) -> str:
+        if self.ctd is None:
+            return "none"
+        if "depth_m" in self.ctd.columns:
+            return f"{self.ctd.source}: depth column"
+        if "pressure_dbar" in self.ctd.columns:
+            return f"{self.ctd.source}: pressure, TEOS-10 gsw.z_from_p at the track's latitude"
+        return f"{self.ctd.source}: neither depth nor pressure"
+
+    def describe(self) -> dict:
+        return {"nav": str(self.nav.source) if self.nav else None, "ctd": str(self.ctd.source) if self.ctd else None,
+                "depth_from": self.depth_source, "max_gap_s": self.max_gap_s, **self.coverage.as_dict()}
 
     @classmethod
-    def from_cruise(cls, cruise_dir: Path) -> "Locator":
-        def first(pattern: str) -> Path | None:
-            hits = sorted(Path(cruise_dir).glob(pattern))
-            return hits[0] if hits else None
-
-        nav_path, ctd_path = first("nav*.csv"), first("ctd*.csv")
+    def from_cruise(cls, cruise_dir: Path, cfg: GeoConfig | None = None) -> "Locator":
+        """The first navigation and CTD files matching the config's patterns; a bad one is ignored with a warning."""
+        cfg = cfg or GeoConfig()
+        nav_path = _first(cruise_dir, cfg.nav)
+        ctd_path = _first(cruise_dir, cfg.ctd)
         nav = ctd = None
-        try:
-            nav = Track.read_csv(nav_path, cls.NAV) if nav_path else None
-        except Exception as e:  # a bad nav file must not stop the run
-            log.warning("ignored navigation %s: %s (positions will be NaN)", nav_path, e)
-        try:
-            ctd = Track.read_csv(ctd_path, cls.CTD) if ctd_path else None
-        except Exception as e:
-            log.warning("ignored CTD %s: %s (depths will be NaN)", ctd_path, e)
-        return cls(nav, ctd)
+        if nav_path is not None:
+            try:
+                nav = Track.from_frame(read_nav(nav_path), cls.NAV, nav_path)
+            except Exception as e:  # a bad record must not stop the run
+                log.warning("ignored navigation %s: %s (positions will be NaN)", nav_path, e)
+        if ctd_path is not None:
+            try:
+                from .ctd import read_ctd
 
-    def __call__(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        nan = np.full(len(times), np.nan)
-        lat = self.nav.at(times, "lat") if self.nav and "lat" in self.nav.columns else nan
-        lon = self.nav.at(times, "lon") if self.nav and "lon" in self.nav.columns else nan
+                ctd = Track.from_frame(read_ctd(ctd_path).data, cls.CTD, ctd_path)
+            except Exception as e:
+                log.warning("ignored CTD %s: %s (depths will be NaN)", ctd_path, e)
+        if nav is None and ctd is not None and {"lat", "lon"} <= set(ctd.columns):
+            nav = ctd  # a CTD that logs its own position
+        return cls(nav, ctd, cfg.max_gap_s)
+
+    def __call__(self, times: np.ndarray) -> Position:
+        times = np.asarray(times, np.float64)
+        nan = np.full(times.shape, np.nan)
+        lat = self.nav.at(times, "lat", self.max_gap_s) if self.nav and "lat" in self.nav.columns else nan
+        lon = self.nav.at(times, "lon", self.max_gap_s) if self.nav and "lon" in self.nav.columns else nan
         depth = nan
         if self.ctd is not None:
             if "depth_m" in self.ctd.columns:
-                depth = self.ctd.at(times, "depth_m")
-            elif "pressure_dbar" in self.ctd.columns:  # ~1 dbar per metre near the surface
-                depth = self.ctd.at(times, "pressure_dbar")
-        return lat, lon, depth
+                depth = self.ctd.at(times, "depth_m", self.max_gap_s)
+            elif "pressure_dbar" in self.ctd.columns:
+                depth = pressure_to_depth(self.ctd.at(times, "pressure_dbar", self.max_gap_s), lat, self._mean_lat())
+        return Position(lat, lon, depth)
+
+    def frame(self, time_s: float, name: str) -> Position:
+        """Position at one frame's time, counting the frame when it lies outside a record."""
+        pos = self(np.array([time_s]))
+        c = self.coverage
+        c.frames += 1
+        off_nav = not np.isfinite(pos.lat[0])
+        off_ctd = not np.isfinite(pos.depth_m[0])
+        c.outside_nav += off_nav
+        c.outside_ctd += off_ctd
+        if (off_nav or off_ctd) and len(c.examples) < 3:
+            c.examples.append(name)
+        return pos
+
+    def warn_coverage(self) -> None:
+        """One warning per run, not one per frame."""
+        c = self.coverage
+        if c.outside_nav or c.outside_ctd:
+            log.warning("%d of %d frames had no position (outside the navigation record: %s) and %d no depth "
+                        "(outside the CTD record: %s); their objects have NaN there, e.g. %s",
+                        c.outside_nav, c.frames, self.nav.source if self.nav else "none found",
+                        c.outside_ctd, self.ctd.source if self.ctd else "none found", ", ".join(c.examples))
+
+    def _mean_lat(self) -> float:
+        if self.nav is not None and "lat" in self.nav.columns and np.isfinite(self.nav.columns["lat"]).any():
+            return float(np.nanmean(self.nav.columns["lat"]))
+        return _NO_LAT_DEG
+
+
+def pressure_to_depth(p_dbar: np.ndarray, lat: np.ndarray, fallback_lat: float = _NO_LAT_DEG) -> np.ndarray:
+    """Depth (m, positive down) from sea pressure with TEOS-10, at each sample's latitude."""
+    import gsw
+
+    lat = np.where(np.isfinite(lat), lat, fallback_lat)
+    return -gsw.z_from_p(np.asarray(p_dbar, np.float64), lat)
+
+
+def read_nav(path: Path) -> pd.DataFrame:
+    """Navigation as a table of UTC ``time``, ``lat``, ``lon``: CSV, or raw NMEA 0183 sentences."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if b"$" in head and (b"GGA," in head or b"RMC," in head or b"ZDA," in head):
+        from .nmea import read_nmea
+
+        return read_nmea(path)
+    df = pd.read_csv(path)
+    if "time" not in df.columns:
+        raise ValueError(f"{path}: no 'time' column (expected ISO-8601 UTC times), and no NMEA sentences")
+    df["time"] = pd.to_datetime(df["time"], utc=True, format="ISO8601")
+    return df
+
+
+def _first(root: Path, patterns: tuple[str, ...]) -> Path | None:
+    for pattern in patterns:
+        hits = sorted(p for p in Path(root).glob(pattern) if p.is_file())
+        if hits:
+            return hits[0]
+    return None

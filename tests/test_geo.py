@@ -1,7 +1,15 @@
+from datetime import UTC, datetime
+
 import numpy as np
 import pandas as pd
+import pytest
 
-from segplank.geo import Locator, Track
+from segplank.config import GeoConfig, load_config
+from segplank.frames import find_frames
+from segplank.geo import Locator, Track, epoch_seconds, pressure_to_depth
+from segplank.synth.environment import Environment, saunders_pressure_dbar
+
+START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC).timestamp()  # make_cruise's default start
 
 
 def test_track_interpolates_and_refuses_to_extrapolate(tmp_path):
@@ -10,26 +18,82 @@ def test_track_interpolates_and_refuses_to_extrapolate(tmp_path):
                   "lat": [43.0, 43.1, 44.0], "lon": [-7.0, -7.2, -8.0]}).to_csv(p, index=False)
     t = Track.read_csv(p, Locator.NAV)
     t0 = pd.Timestamp("2026-06-01T12:00:00Z").timestamp()
-    lat = t.at(np.array([t0 + 5, t0 - 1, t0 + 20, t0 + 10]), "lat")
+    times = np.array([t0 + 5, t0 - 1, t0 + 20, t0 + 10])
+    lat = t.at(times, "lat")
     assert np.isclose(lat[0], 43.05) and np.isclose(lat[3], 43.1)
     assert np.isnan(lat[1])  # before the record
     assert np.isnan(lat[2])  # inside a 590 s gap in the record
+    assert t.covers(times).tolist() == [True, False, False, True]
 
 
-def test_locator_from_synthetic_cruise(small_cruise):
-    from segplank.config import load_config
-    from segplank.frames import find_frames
-    from segplank.geo import epoch_seconds
+def _truth(seed: int, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The synthetic ocean's own lat, lon, depth at UTC times (track dead-reckoned on a fine grid)."""
+    env = Environment.for_seed(seed)
+    grid = np.arange(-120.0, 200.0, 0.05)
+    lat, lon = env.track(grid)
+    s = times - START
+    return np.interp(s, grid, lat), np.interp(s, grid, lon), env.depth_m(s)
 
+
+def test_positions_and_depths_follow_the_synthetic_ocean(small_cruise):
     frames = find_frames(small_cruise, load_config(None, small_cruise).instrument)
-    lat, lon, depth = Locator.from_cruise(small_cruise)(epoch_seconds([f.timestamp for f in frames]))
-    assert np.isfinite(lat).all() and np.isfinite(lon).all() and np.isfinite(depth).all()
-    assert (depth > 0).all()
+    times = epoch_seconds([f.timestamp for f in frames]) + np.array([0.0, 0.37, 0.81])  # between nav samples too
+    loc = Locator.from_cruise(small_cruise)
+    pos = loc(times)
+    lat, lon, depth = _truth(5, times)
+    # 1 Hz records written to 1e-6 degree and 1 mm; a ship moves ~2.5 m/s, the tow-yo < 1 m/s
+    assert np.abs(pos.lat - lat).max() < 2e-6 and np.abs(pos.lon - lon).max() < 3e-6
+    assert np.abs(pos.depth_m - depth).max() < 0.02
+    assert loc.depth_source.endswith("depth column")
+
+
+def test_depth_from_pressure_with_teos10(small_cruise, tmp_path):
+    """Without a depth column, depth comes from pressure with gsw at the track's latitude."""
+    ctd = pd.read_csv(small_cruise / "ctd.csv").drop(columns=["depth_m"])
+    (tmp_path / "ctd.csv").write_text(ctd.to_csv(index=False))
+    (tmp_path / "nav.csv").write_text((small_cruise / "nav.csv").read_text())
+    times = START + np.array([0.0, 0.5, 1.25])
+    loc = Locator.from_cruise(tmp_path)
+    assert "TEOS-10" in loc.depth_source
+    _, _, depth = _truth(5, times)
+    # the synthetic CTD's pressure is Saunders (1981), within ~0.1 % of TEOS-10
+    assert np.allclose(loc(times).depth_m, depth, rtol=2e-3, atol=0.02)
+    p = saunders_pressure_dbar(np.array([10.0, 100.0, 1000.0]), 43.5)
+    assert np.allclose(pressure_to_depth(p, np.full(3, 43.5)), [10.0, 100.0, 1000.0], rtol=2e-3)
+
+
+def test_southern_western_nmea_track(tmp_path):
+    """Raw NMEA logs are a navigation source; S and W positions are negative."""
+    def sentence(body: str) -> str:
+        ck = 0
+        for ch in body:
+            ck ^= ord(ch)
+        return f"${body}*{ck:02X}"
+
+    lines = [sentence("GPRMC,120000.00,A,3330.000,S,07015.000,W,5.0,90.0,010626,,,A"),
+             sentence("GPGGA,120010.00,3330.600,S,07015.600,W,1,08,1.0,5.0,M,0.0,M,,")]
+    (tmp_path / "nav.nmea").write_text("\n".join(lines) + "\n")
+    pytest.importorskip("segplank.nmea")
+    loc = Locator.from_cruise(tmp_path)
+    t0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC).timestamp()
+    pos = loc(np.array([t0, t0 + 5, t0 + 10]))
+    assert np.allclose(pos.lat, [-33.5, -33.505, -33.51]) and np.allclose(pos.lon, [-70.25, -70.255, -70.26])
+
+
+def test_frames_outside_the_records_are_counted_once(tmp_path, caplog):
+    pd.DataFrame({"time": ["2026-06-01T12:00:00Z", "2026-06-01T12:00:10Z"], "lat": [43.0, 43.1],
+                  "lon": [7.0, 7.1]}).to_csv(tmp_path / "nav.csv", index=False)
+    loc = Locator.from_cruise(tmp_path, GeoConfig())
+    for k, dt in enumerate([5.0, 50.0, 60.0]):
+        loc.frame(START + dt, f"f{k}.png")
+    assert loc.coverage.as_dict() == {"frames": 3, "outside_nav": 2, "outside_ctd": 3}
+    loc.warn_coverage()
+    assert caplog.text.count("had no position") == 1 and "f1.png" in caplog.text
 
 
 def test_missing_or_bad_records_give_nan(tmp_path, caplog):
     (tmp_path / "nav.csv").write_text("when,lat,lon\n1,2,3\n")
     loc = Locator.from_cruise(tmp_path)
-    lat, lon, depth = loc(np.array([0.0, 1.0]))
-    assert np.isnan(lat).all() and np.isnan(depth).all()
+    pos = loc(np.array([0.0, 1.0]))
+    assert np.isnan(pos.lat).all() and np.isnan(pos.depth_m).all()
     assert "ignored navigation" in caplog.text

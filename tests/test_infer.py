@@ -38,6 +38,14 @@ def test_outputs_schema_coco_and_manifest(tmp_path, small_cruise, tiny_checkpoin
     assert table.column("is_plankton").to_numpy().all()  # non-plankton are counted, not written
     assert len(set(table.column("object_id").to_pylist())) == table.num_rows
     assert np.isfinite(table.column("lat").to_numpy()).all()  # nav covers the frames
+    # a line-scan camera: each object's time is that of its centroid's line
+    frames = pq.read_table(out / "frames").to_pandas().set_index("frame_path")
+    objs = table.to_pandas()
+    rate = man["config"]["instrument"]["line_rate_hz"]
+    dt = (objs["time"].reset_index(drop=True) - frames.loc[objs["frame_path"], "time"].reset_index(drop=True))
+    dt = dt.dt.total_seconds().to_numpy()
+    assert rate == 2.0 * 384 and np.allclose(dt, objs["centroid_y"] / rate, atol=1e-6)
+    assert man["geo"]["outside_nav"] == 0 and man["geo"]["frames"] == 3 and frames["lat"].notna().all()
     coco = COCO(str(out / "predictions.coco.json"))
     assert len(coco.getAnnIds()) == table.num_rows
     ann = coco.loadAnns(coco.getAnnIds()[:1])[0]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -27,7 +28,7 @@ from ..export.atomic import atomic_path, write_json
 from ..export.coco import coco_annotations, coco_categories, coco_image, merge_coco_shards, write_coco_shard
 from ..export.parquet import object_rows, write_shard
 from ..frames import FrameSource, SkippedFrame, find_frames
-from ..geo import Locator, epoch_seconds
+from ..geo import Locator, Position, epoch_seconds
 from ..model.checkpoint import Checkpoint, file_sha256
 from ..model.predict import TilePredictor
 from .stages import FrameDetector, Postprocessor, Tiler
@@ -53,6 +54,8 @@ class RunStats:
     capped_tiles: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)  # decode, tile, model, stitch, measure, write
+    geo: dict = field(default_factory=dict)  # records used, depth source, frames outside their coverage
+    plankton_names: frozenset[str] = frozenset()
 
     @property
     def skipped_tile_share(self) -> float:
@@ -69,7 +72,8 @@ def resolve_device(name: str) -> torch.device:
 
 FRAME_SCHEMA = pa.schema([("frame_path", pa.string()), ("frame_index", pa.int64()), ("shard", pa.int32()),
                           ("time", pa.timestamp("us", tz="UTC")), ("tiles", pa.int32()), ("tiles_run", pa.int32()),
-                          ("objects_written", pa.int32()), ("counts", pa.string())])
+                          ("objects_written", pa.int32()), ("counts", pa.string()),
+                          ("lat", pa.float64()), ("lon", pa.float64()), ("depth_m", pa.float64())])
 
 
 class LocalRunner:
@@ -113,13 +117,14 @@ class LocalRunner:
         if not frames:
             raise RunError(f"{cruise_dir}: no frames found (looked for {', '.join(self.cfg.instrument.extensions)} "
                            "files below it); check the path")
-        stats = RunStats(frames_found=len(frames))
+        stats = RunStats(frames_found=len(frames), plankton_names=frozenset(
+            n for n, p in zip(self.names, self.ckpt.classes.is_plankton) if p))
         stats.frames_resumed = sum(1 for f in frames if _rel(f.path, cruise_dir) in done)
         todo = [f for f in frames if _rel(f.path, cruise_dir) not in done]
         if limit is not None:
             todo = todo[:limit]
         shard = _next_shard(out_dir)
-        locator = Locator.from_cruise(cruise_dir)
+        locator = Locator.from_cruise(cruise_dir, self.cfg.geo)
         source = FrameSource(todo)
         buf = _ShardBuffer()
         self._write_manifest(manifest_path, ident, cruise_dir, stats, final=False)
@@ -138,13 +143,15 @@ class LocalRunner:
                 kept, cols, counts = self.post(dets, image)
             with _timed(clock, "write"):
                 rel = _rel(frame.path, cruise_dir)
-                times = np.full(len(kept), epoch_seconds([frame.timestamp])[0])
-                lat, lon, depth = locator(times)
-                ts = [frame.timestamp] * len(kept) if frame.timestamp else None
+                t_frame = epoch_seconds([frame.timestamp])[0]
+                at_frame = locator.frame(t_frame, rel)
+                times = self._object_times(t_frame, cols["centroid_y"])
+                pos = locator(times)
                 plank = np.array([False, *self.ckpt.classes.is_plankton])[kept.labels]
-                table = object_rows(kept, self.names, plank, rel, ts, lat, lon, depth, cols)
+                table = object_rows(kept, self.names, plank, rel, pd.to_datetime(times, unit="s", utc=True).round("us"),
+                                    pos.lat, pos.lon, pos.depth_m, cols)
                 buf.add(table, coco_image(kept, rel), coco_annotations(kept, table.column("object_id").to_pylist()),
-                        _frame_row(rel, tf, counts, self.names, shard))
+                        _frame_row(rel, tf, counts, self.names, shard, at_frame))
                 if buf.objects >= self.cfg.output.shard_objects or buf.frames >= self.cfg.output.shard_frames:
                     buf.flush(out_dir, shard)
                     shard += 1
@@ -156,9 +163,18 @@ class LocalRunner:
             with _timed(clock, "write"):
                 buf.flush(out_dir, shard)
         stats.skipped = source.skipped
+        stats.geo = locator.describe()
+        locator.warn_coverage()
         stats.seconds = time.time() - t0
         self._finish(out_dir, cruise_dir, manifest_path, ident, stats)
         return stats
+
+    def _object_times(self, t_frame: float, centroid_y: np.ndarray) -> np.ndarray:
+        """UTC seconds per object: its own line's time on a line-scan camera, else the frame's."""
+        rate = self.cfg.instrument.line_rate_hz
+        if rate is None:
+            return np.full(len(centroid_y), t_frame)
+        return t_frame + np.asarray(centroid_y, np.float64) / rate
 
     def _count(self, stats: RunStats, counts, capped: int, kept) -> None:
         stats.tiles += counts.tiles
@@ -212,6 +228,7 @@ class LocalRunner:
                       "capped": stats.capped_tiles},
             "counts": {"detected_per_class": stats.per_class, "written_per_class": stats.written_per_class,
                        "objects_written": stats.objects},
+            "geo": stats.geo,
             "seconds": round(stats.seconds, 2),
             "stage_seconds": {k: round(v, 3) for k, v in stats.stage_seconds.items()},
         })
@@ -220,6 +237,7 @@ class LocalRunner:
         """Merge COCO shards; after a resume, the manifest's counts cover every run, from the frame tables."""
         if stats.frames_resumed:
             stats.per_class, stats.written_per_class, stats.objects = _totals(out_dir)
+            stats.geo.update(_coverage(out_dir))
         cats = coco_categories(self.names, list(self.ckpt.classes.is_plankton))
         shards = sorted((out_dir / "coco").glob("part-*.json"))
         if self.cfg.output.coco:
@@ -268,12 +286,13 @@ def _timed(clock: dict[str, float], stage: str) -> Iterator[None]:
         clock[stage] = clock.get(stage, 0.0) + time.perf_counter() - t
 
 
-def _frame_row(rel: str, tf, counts, names: list[str], shard: int) -> dict:
+def _frame_row(rel: str, tf, counts, names: list[str], shard: int, pos: Position) -> dict:
     counts.tiles, counts.tiles_run = len(tf.windows), len(tf.run)
     per = {names[k]: int(n) for k, n in enumerate(counts.per_class[1:]) if n}
     return {"frame_path": rel, "frame_index": tf.frame.index, "shard": shard, "time": tf.frame.timestamp,
             "tiles": len(tf.windows), "tiles_run": len(tf.run), "objects_written": counts.written,
-            "counts": json.dumps(per)}
+            "counts": json.dumps(per), "lat": float(pos.lat[0]), "lon": float(pos.lon[0]),
+            "depth_m": float(pos.depth_m[0])}
 
 
 def _totals(out_dir: Path) -> tuple[dict[str, int], dict[str, int], int]:
@@ -286,6 +305,12 @@ def _totals(out_dir: Path) -> tuple[dict[str, int], dict[str, int], int]:
     names = pq.read_table(out_dir / "objects", columns=["label_name"]).column("label_name").to_pylist()
     written = {k: names.count(k) for k in sorted(set(names))}
     return per_class, written, len(names)
+
+
+def _coverage(out_dir: Path) -> dict[str, int]:
+    """Frames without a position or a depth, over every shard of the output."""
+    t = pq.read_table(out_dir / "frames", columns=["lat", "depth_m"]).to_pandas()
+    return {"frames": len(t), "outside_nav": int(t["lat"].isna().sum()), "outside_ctd": int(t["depth_m"].isna().sum())}
 
 
 def _rel(path: Path, root: Path) -> str:

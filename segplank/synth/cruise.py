@@ -243,6 +243,8 @@ def cruise_yaml(cfg: SynthConfig) -> str:
             "pixel_size_um": float(cfg.pixel_size_um),
             "volume_per_frame_l": volume_per_frame_l(cfg),
             "frame_rate_hz": float(cfg.frame_rate_hz),
+            # ISIIS frames are consecutive cuts of one line scan: frame_rate × height lines per second
+            **({"line_rate_hz": float(cfg.frame_rate_hz * cfg.height)} if cfg.preset == "isiis" else {}),
             "timestamp_regex": TIMESTAMP_REGEX,
             "timestamp_format": TIMESTAMP_FORMAT,
         },

@@ -52,6 +52,7 @@ def synth(out_dir: Path = typer.Argument(..., help="Folder to write the syntheti
           density: str = typer.Option("mixed", help="sparse, mixed or dense (1,000-2,500 objects per 2048² frame)."),
           plankton_share: Optional[float] = typer.Option(None, min=0, max=1, help="Share of plankton among objects."),
           size: int = typer.Option(2048, min=64, help="Frame height and width in pixels."),
+          frame_rate: float = typer.Option(2.0, min=1e-4, help="Frames per second (lower it to spread a few frames over the tow-yo's depths)."),
           workers: int = typer.Option(1, min=1, help="Processes; output does not depend on it.")) -> None:
     """Write a synthetic ISIIS/UVP cruise with exact COCO ground truth, navigation and CTD."""
     from .synth import make_cruise
@@ -62,7 +63,7 @@ def synth(out_dir: Path = typer.Argument(..., help="Folder to write the syntheti
         _fail(f"--density {density!r}: choose sparse, mixed or dense")
     try:
         summary = make_cruise(out_dir, frames, seed, preset=preset, density=density, plankton_share=plankton_share,
-                              size=(size, size), workers=workers)
+                              size=(size, size), workers=workers, frame_rate_hz=frame_rate)
     except (FileExistsError, ValueError) as e:
         _fail(str(e))
     out.print(str(summary))
@@ -200,21 +201,38 @@ def train(coco: Path = typer.Argument(..., help="COCO annotations of full frames
 
 @app.command()
 def demo(out_dir: Path = typer.Argument(Path("demo_out"), help="Where to write the demo cruise and results."),
-         frames: int = typer.Option(4, min=1), seed: int = typer.Option(20261125)) -> None:
-    """Make a small synthetic cruise, run `infer` on it with the demo model, and score it."""
+         frames: int = typer.Option(12, min=1), seed: int = typer.Option(20261125)) -> None:
+    """The whole chain on a small synthetic cruise: infer, score, CTD join, profile, EcoTaxa export."""
+    from .concentration import concentrations
+    from .ctd import join_ctd, read_ctd
+    from .evaluate import object_match
+    from .export.ecotaxa import export_ecotaxa
+    from .plots import profile_figure, track_map
+    from .runs import read_frames, read_manifest, read_objects, rewrite_shards
     from .synth import make_cruise
 
-    cruise = out_dir / "cruise"
+    cruise, results = out_dir / "cruise", out_dir / "results"
     if not (cruise / "ground_truth.coco.json").exists():
-        out.print(str(make_cruise(cruise, frames, seed)))
-    infer(cruise, output=out_dir / "results", model=None, config=None, device="auto", keep_non_plankton=False,
+        # 1024² frames 25 s apart: a dozen frames span most of a tow-yo, so the profile has depths
+        out.print(str(make_cruise(cruise, frames, seed, size=(1024, 1024), frame_rate_hz=0.04)))
+    infer(cruise, output=results, model=None, config=None, device="auto", keep_non_plankton=False,
           force=True, limit=None, threads=None, verbose=False)
-    from .evaluate import object_match
-
-    scores = object_match(cruise / "ground_truth.coco.json", out_dir / "results" / "predictions.coco.json")
+    scores = object_match(cruise / "ground_truth.coco.json", results / "predictions.coco.json")
     out.print(f"against the ground truth (mask IoU ≥ 0.5): plankton recall {scores['plankton_recall']:.3f}, "
               f"plankton precision {scores['plankton_precision']:.3f} "
               f"({scores['gt_plankton']} organisms, {scores['pred_plankton']} written as plankton)")
+    record = read_ctd(cruise / "ctd.csv")
+    for kind in ("objects", "frames"):
+        rewrite_shards(results, kind, lambda df: join_ctd(df, record))
+    objects, frames_t = read_objects(results), read_frames(results)
+    volume = read_manifest(results)["config"]["instrument"]["volume_per_frame_l"]
+    conc = concentrations(objects, frames_t, volume, depth_bin_m=10.0)
+    (results / "profile").mkdir(exist_ok=True)
+    conc.to_csv(results / "profile" / "concentrations.csv", index=False)
+    profile_figure(conc, results / "profile" / "profile.png")
+    track_map(frames_t, objects, results / "profile" / "track.png", volume_per_frame_l=volume, distance_bin_km=0.1)
+    zips = export_ecotaxa(results, sample_by="all")
+    out.print(f"CTD joined; profile in {results / 'profile'}; EcoTaxa zip {zips[0] if zips else '(no objects)'}")
 
 
 @app.command("eval")

@@ -113,6 +113,7 @@ class LocalRunner:
         manifest_path = out_dir / "manifest.json"
         ident = self.identity()
         done = self._check_previous(manifest_path, ident, force, out_dir)
+        _remove_temporaries(out_dir)
         frames = find_frames(cruise_dir, self.cfg.instrument, exclude=[out_dir])
         if not frames:
             raise RunError(f"{cruise_dir}: no frames found (looked for {', '.join(self.cfg.instrument.extensions)} "
@@ -330,6 +331,13 @@ def _done_frames(out_dir: Path) -> set[str]:
 def _next_shard(out_dir: Path) -> int:
     parts = sorted((out_dir / "frames").glob("part-*.parquet"))
     return int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+
+
+def _remove_temporaries(out_dir: Path) -> None:
+    """Half-written files a killed run left behind (atomic writes name them ``.<file>.*.tmp``)."""
+    for sub in ("", "objects", "coco", "frames"):
+        for p in (out_dir / sub).glob(".*.tmp"):
+            p.unlink(missing_ok=True)
 
 
 def _clear(out_dir: Path) -> None:

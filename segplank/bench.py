@@ -11,9 +11,11 @@ import multiprocessing as mp
 import platform
 import resource
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -25,6 +27,7 @@ class Case:
     density: str
     frames: int
     skip_empty: bool = True
+    size: int = 2048
 
 
 def _run_case(cruise: str, out: str, model: str, skip_empty: bool, threads: int, queue) -> None:
@@ -49,18 +52,21 @@ def _run_case(cruise: str, out: str, model: str, skip_empty: bool, threads: int,
 
 
 def run_bench(model: Path, work: Path | None = None, sparse_frames: int = 20, dense_frames: int = 4,
-              threads: int = 2, seed: int = 4242) -> dict:
+              threads: int = 2, seed: int = 4242, memory_frames: tuple[int, ...] = ()) -> dict:
+    """Every case in its own process; ``memory_frames`` adds long runs of small sparse frames
+    (e.g. 200 and 2000) whose peak memory must not grow with the number of frames."""
     from .synth import make_cruise
 
     work = Path(work or tempfile.mkdtemp(prefix="segplank_bench_"))
     cases = [Case("sparse", "sparse", sparse_frames), Case("sparse, no skip", "sparse", sparse_frames, False),
              Case("mixed", "mixed", dense_frames), Case("dense", "dense", dense_frames)]
+    cases += [Case(f"memory, {n} frames", "sparse", n, size=512) for n in memory_frames]
     results = {}
     ctx = mp.get_context("spawn")
     for case in cases:
-        cruise = work / f"cruise_{case.density}"
+        cruise = work / (f"cruise_{case.density}" if case.size == 2048 else f"cruise_{case.density}_{case.size}_{case.frames}")
         if not (cruise / "ground_truth.coco.json").exists():
-            make_cruise(cruise, case.frames, seed, density=case.density)
+            make_cruise(cruise, case.frames, seed, density=case.density, size=(case.size, case.size), workers=threads)
         q = ctx.Queue()
         p = ctx.Process(target=_run_case, args=(str(cruise), str(work / f"out_{case.name}"), str(model),
                                                 case.skip_empty, threads, q))
@@ -74,7 +80,55 @@ def run_bench(model: Path, work: Path | None = None, sparse_frames: int = 20, de
         r["stage_share"] = {k: v / total for k, v in r["stage_seconds"].items()}
         results[case.name] = r
     return {"segplank": __version__, "torch": torch.__version__, "machine": _machine(threads),
-            "model": str(model), "cases": results}
+            "model": str(model), "cases": results, "stitch_scaling": stitch_scaling()}
+
+
+def stitch_scaling(counts: tuple[int, ...] = (250, 500, 1000, 2000, 4000), repeat: int = 3,
+                   seed: int = 0) -> list[dict]:
+    """Stitcher seconds per frame against objects per frame (2048² frame, 560 px tiles, 64 overlap).
+
+    Objects are 6–40 px boxes, one per cell of a jittered grid (touching at most, as objects
+    in a dense frame do, rather than piling up as uniform random boxes would), each cut into
+    the tiles it falls in as a perfect model would return it; best of ``repeat`` runs.
+    """
+    from .stitch import Stitcher
+    from .tiling import tile_grid
+
+    windows = tile_grid(2048, 2048, 560, 64)
+    stitcher = Stitcher(match_iou=0.3, duplicate_iou=0.6, mask_size=56)
+    rows = []
+    for n in counts:
+        tile_dets, run = _cut_into_tiles(np.random.default_rng(seed), n, windows)
+        best = float("inf")
+        for _ in range(repeat):
+            t = time.perf_counter()
+            out = stitcher(tile_dets, windows, run)
+            best = min(best, time.perf_counter() - t)
+        rows.append({"objects": n, "detections_in": sum(len(d) for d in tile_dets), "objects_out": len(out),
+                     "seconds": best, "us_per_object": 1e6 * best / n})
+    return rows
+
+
+def _cut_into_tiles(rng: np.random.Generator, n: int, windows: np.ndarray):
+    from .structures import Detections, RoiMasks
+
+    side = int(np.ceil(np.sqrt(n)))
+    cell = 2048 / side
+    k = rng.permutation(side * side)[:n]
+    wh = rng.uniform(6, min(40.0, cell), (n, 2))
+    xy = np.stack([k % side, k // side], 1) * cell + rng.uniform(0, 1, (n, 2)) * (cell - wh)
+    boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    tile_dets, run = [], []
+    for t, (x0, y0, x1, y1) in enumerate(windows):
+        clipped = np.stack([np.maximum(boxes[:, 0], x0), np.maximum(boxes[:, 1], y0),
+                            np.minimum(boxes[:, 2], x1), np.minimum(boxes[:, 3], y1)], 1)
+        keep = ((clipped[:, 2] - clipped[:, 0]) > 1) & ((clipped[:, 3] - clipped[:, 1]) > 1)
+        b = torch.from_numpy((clipped[keep] - np.array([x0, y0, x0, y0])).astype(np.float32))
+        k = len(b)
+        tile_dets.append(Detections(boxes=b, scores=torch.full((k,), 0.9), labels=torch.ones(k, dtype=torch.long),
+                                    masks=RoiMasks(torch.ones(k, 28, 28))))
+        run.append(t)
+    return tile_dets, np.array(run)
 
 
 def _machine(threads: int) -> str:

@@ -295,12 +295,14 @@ def bench(output: Path = typer.Option(Path("bench.json"), "-o", "--output", help
           model: Optional[Path] = typer.Option(None, "--model", "-m"),
           work: Optional[Path] = typer.Option(None, help="Folder for the bench cruises (kept between runs)."),
           sparse_frames: int = typer.Option(20, min=1), dense_frames: int = typer.Option(4, min=1),
-          threads: int = typer.Option(2, min=1)) -> None:
-    """Frames/s, detections/s, time per stage and peak memory on fixed synthetic cruises."""
+          threads: int = typer.Option(2, min=1),
+          memory: bool = typer.Option(False, help="Also 200- and 2,000-frame runs (512² sparse frames): peak memory must not grow.")) -> None:
+    """Frames/s, detections/s, time per stage and peak memory on fixed synthetic cruises; stitcher scaling."""
     from .bench import run_bench, write_json
     from .model.checkpoint import DEMO_MODEL
 
-    result = run_bench(model or DEMO_MODEL, work, sparse_frames, dense_frames, threads)
+    result = run_bench(model or DEMO_MODEL, work, sparse_frames, dense_frames, threads,
+                       memory_frames=(200, 2000) if memory else ())
     write_json(result, output)
     t = Table(title=f"segplank bench ({result['machine']})")
     for col in ("case", "frames/s", "det/frame", "det/s", "tiles run", "recall", "peak MB", "model", "other"):
@@ -311,6 +313,12 @@ def bench(output: Path = typer.Option(Path("bench.json"), "-o", "--output", help
                   f"{r['tiles_run']}/{r['tiles']}", f"{r['plankton_recall']:.3f}", f"{r['peak_rss_mb']:.0f}",
                   f"{share.get('model', 0):.0%}", f"{1 - share.get('model', 0):.0%}")
     out.print(t)
+    s = Table(title="stitcher: seconds per frame against objects per frame")
+    for col in ("objects", "detections in", "seconds", "µs per object"):
+        s.add_column(col, justify="right")
+    for r in result["stitch_scaling"]:
+        s.add_row(str(r["objects"]), str(r["detections_in"]), f"{r['seconds']:.3f}", f"{r['us_per_object']:.0f}")
+    out.print(s)
     out.print(f"wrote {output}")
 
 

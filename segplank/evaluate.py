@@ -1,75 +1,262 @@
-"""Object-level evaluation: the figures plankton ecologists judge a run by.
+"""Evaluation: the figures plankton ecologists judge a run by, and COCO's for everyone else.
 
-Share of organisms found (plankton recall) and share of objects written as plankton that
-are plankton (plankton precision), from a greedy one-to-one match by mask IoU per frame.
-Frames are matched by file name, so ground truth and predictions need not share ids.
+Object level: a greedy one-to-one match by mask IoU per frame, class-agnostic (a prediction
+in score order takes its best still-free ground-truth object with IoU ≥ ``iou``). Every
+figure comes from that one match, so the per-class table, the confusion matrix and the
+precision-recall curves agree with each other: share of organisms found (recall), share of
+objects kept as plankton that are organisms (precision), F1, segments per frame.
+
+COCO level: pycocotools' ``COCOeval`` for boxes and masks on the same files.
+
+Frames are matched by file name and classes by category name, so ground truth and
+predictions need not share ids. Predictions are a COCO dataset (as ``segplank infer`` writes
+``predictions.coco.json``) or a bare COCO results list using the ground truth's ids.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, Union
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from .export.rle import to_rle
 
+IouType = Literal["bbox", "segm"]
+Source = Union[Path, str, dict, list]
+# COCOeval's default maxDets (1, 10, 100) caps detections per frame *and class*; a plankton
+# frame holds thousands of objects, so AP would silently count only the best 100 copepods.
+MAX_DETS: tuple[int, int, int] = (1, 100, 10000)
+FALSE_DETECTION = "false detection"  # confusion row: predictions matching no ground truth
+MISSED = "missed"  # confusion column: ground-truth objects no prediction matched
+INTERNAL_KEYS = ("records", "found_ids", "detections")  # per-object lists, not for eval.json
+
+
+# ---------------------------------------------------------------- reading and aligning
+
+
+@dataclass(frozen=True)
+class Aligned:
+    """Ground truth and predictions on the ground truth's frames and class names."""
+
+    gt: dict  # the ground-truth COCO dataset
+    images: list[dict]  # ground-truth frames, in file order
+    gt_anns: dict[int, list[dict]]  # ground-truth image id -> its objects
+    pred_anns: dict[int, list[dict]]  # ground-truth image id -> predictions, best score first
+    gt_names: dict[int, str]  # ground-truth category id -> name
+    pred_names: dict[int, str]  # prediction category id -> name
+    classes: list[str]  # ground-truth classes by id, then classes only the predictions have
+    plankton: frozenset[str]
+    unmatched_pred_frames: int  # prediction frames whose file name the ground truth lacks
+
+
+def _read(src: Source) -> dict | list:
+    return json.loads(Path(src).read_text()) if isinstance(src, (str, Path)) else src
+
 
 def _plankton_names(categories: list[dict]) -> set[str]:
     return {c["name"] for c in categories if not str(c.get("supercategory", "")).lower().startswith("non")}
 
 
-def object_match(gt_path: Path, pred_path: Path, iou: float = 0.5, min_score: float = 0.0) -> dict:
-    """Plankton recall/precision and per-class recall at mask IoU ≥ ``iou``."""
-    gt = json.loads(Path(gt_path).read_text())
-    pr = json.loads(Path(pred_path).read_text())
-    g_name = {c["id"]: c["name"] for c in gt["categories"]}
-    p_name = {c["id"]: c["name"] for c in pr.get("categories", gt["categories"])}
-    plankton = _plankton_names(gt["categories"])
-    pred_by_file = {Path(im["file_name"]).name: im["id"] for im in pr.get("images", gt["images"])}
-    preds: dict[int, list[dict]] = {}
-    for a in pr["annotations"] if isinstance(pr, dict) else pr:
-        if a.get("score", 1.0) >= min_score:
-            preds.setdefault(a["image_id"], []).append(a)
-    gts: dict[int, list[dict]] = {}
+def align(gt: dict, pred: dict | list) -> Aligned:
+    """Put predictions on ground-truth frame ids (by file name) and class names."""
+    if isinstance(pred, list):  # a bare results list speaks the ground truth's ids
+        pred = {"annotations": pred}
+    gt_cats = sorted(gt["categories"], key=lambda c: c["id"])
+    pred_cats = sorted(pred.get("categories", gt_cats), key=lambda c: c["id"])
+    gt_names = {c["id"]: c["name"] for c in gt_cats}
+    known = set(gt_names.values())
+    extra = [c for c in pred_cats if c["name"] not in known]
+    classes = list(dict.fromkeys([c["name"] for c in gt_cats] + [c["name"] for c in extra]))
+    gt_by_file = {Path(im["file_name"]).name: im["id"] for im in gt["images"]}
+    to_gt = {im["id"]: gt_by_file.get(Path(im["file_name"]).name) for im in pred.get("images", gt["images"])}
+    pred_anns: dict[int, list[dict]] = {}
+    for a in pred["annotations"]:
+        if (g := to_gt.get(a["image_id"])) is not None:
+            pred_anns.setdefault(g, []).append(a)
+    for anns in pred_anns.values():
+        anns.sort(key=lambda a: -a.get("score", 1.0))
+    gt_anns: dict[int, list[dict]] = {}
     for a in gt["annotations"]:
-        gts.setdefault(a["image_id"], []).append(a)
-    tp = fn = kept = kept_true = 0
-    per_class: dict[str, list[int]] = {}
+        gt_anns.setdefault(a["image_id"], []).append(a)
+    return Aligned(gt, list(gt["images"]), gt_anns, pred_anns, gt_names, {c["id"]: c["name"] for c in pred_cats},
+                   classes, frozenset(_plankton_names(gt_cats + extra)), sum(v is None for v in to_gt.values()))
+
+
+# ---------------------------------------------------------------- object-level matching
+
+
+def _greedy(ious: np.ndarray, thr: float) -> dict[int, int]:
+    """Prediction i (in score order) takes its best still-free ground truth with IoU ≥ thr."""
+    used: set[int] = set()
+    match: dict[int, int] = {}
+    for i in range(ious.shape[0]):
+        for j in np.argsort(-ious[i]):
+            if ious[i, j] < thr:
+                break
+            if j not in used:
+                used.add(int(j))
+                match[i] = int(j)
+                break
+    return match
+
+
+def _mask_ious(pred: list[dict], gt: list[dict], height: int, width: int) -> np.ndarray:
+    """(P, G) mask IoU; pycocotools skips pairs whose boxes do not meet, so dense frames stay cheap."""
+    if not pred or not gt:
+        return np.zeros((len(pred), len(gt)))
+    ious = mask_utils.iou([to_rle(a["segmentation"], height, width) for a in pred],
+                          [to_rle(a["segmentation"], height, width) for a in gt], [0] * len(gt))
+    return np.asarray(ious).reshape(len(pred), len(gt))
+
+
+def _kept(al: Aligned, image_id: int, min_score: float | Mapping[str, float]) -> list[dict]:
+    """The frame's predictions at or above the (global or per-class) score threshold."""
+    anns = al.pred_anns.get(image_id, [])
+    if isinstance(min_score, Mapping):
+        return [a for a in anns if a.get("score", 1.0) >= min_score.get(al.pred_names[a["category_id"]], 0.0)]
+    return [a for a in anns if a.get("score", 1.0) >= min_score]
+
+
+def _match(al: Aligned, iou: float, min_score: float | Mapping[str, float]) -> tuple[list, list, list, list]:
+    """Per prediction (class, score, matched ground-truth class or None); missed ground-truth
+    classes; found ground-truth ids; per-frame counts."""
+    detections: list[tuple[str, float, str | None]] = []
+    missed: list[str] = []
     found_ids: list[int] = []
-    records: list[tuple[str, float, bool]] = []  # per prediction: class, score, counted as right
-    for im in gt["images"]:
-        h, w = im["height"], im["width"]
-        g = gts.get(im["id"], [])
-        p = sorted(preds.get(pred_by_file.get(Path(im["file_name"]).name, -1), []), key=lambda a: -a.get("score", 1))
-        ious = (mask_utils.iou([to_rle(a["segmentation"], h, w) for a in p], [to_rle(a["segmentation"], h, w) for a in g],
-                               [0] * len(g)) if g and p else np.zeros((len(p), len(g))))
-        match = _greedy(np.asarray(ious).reshape(len(p), len(g)), iou)
-        matched_gt = set(match.values())
-        for j, a in enumerate(g):
-            name = g_name[a["category_id"]]
-            found = j in matched_gt
-            if found:
-                found_ids.append(a["id"])
-            per_class.setdefault(name, [0, 0])[0 if found else 1] += 1
-            if name in plankton:
-                tp += found
-                fn += not found
+    per_frame: list[dict] = []
+    for im in al.images:
+        g = al.gt_anns.get(im["id"], [])
+        p = _kept(al, im["id"], min_score)
+        match = _greedy(_mask_ious(p, g, im["height"], im["width"]), iou)
         for i, a in enumerate(p):
-            name = p_name[a["category_id"]]
-            right = i in match and (g_name[g[match[i]]["category_id"]] in plankton or name not in plankton)
-            records.append((name, float(a.get("score", 1.0)), bool(right)))
-            if name in plankton:
-                kept += 1
-                kept_true += right
+            hit = g[match[i]] if i in match else None
+            detections.append((al.pred_names[a["category_id"]], float(a.get("score", 1.0)),
+                               None if hit is None else al.gt_names[hit["category_id"]]))
+        matched = set(match.values())
+        found_ids += [a["id"] for j, a in enumerate(g) if j in matched]
+        missed += [al.gt_names[a["category_id"]] for j, a in enumerate(g) if j not in matched]
+        per_frame.append({"file_name": im["file_name"], "gt": len(g), "pred": len(p), "matched": len(match)})
+    return detections, missed, found_ids, per_frame
+
+
+def confusion_counts(detections: Sequence[tuple[str, float, str | None]], missed: Sequence[str],
+                     classes: Sequence[str]) -> np.ndarray:
+    """(C+1, C+1) counts: rows ground-truth class + false detection, columns predicted class + missed."""
+    idx = {c: k for k, c in enumerate(classes)}
+    n = len(classes)
+    m = np.zeros((n + 1, n + 1), np.int64)
+    for p, _, g in detections:
+        m[n if g is None else idx[g], idx[p]] += 1
+    for g in missed:
+        m[idx[g], n] += 1
+    return m
+
+
+def _ratio(a: int, b: int) -> float | None:
+    """None where the figure is undefined (nothing to divide by), rather than a misleading 0."""
+    return float(a / b) if b else None
+
+
+def _scores(gt: int, pred: int, correct: int, detected: int) -> dict:
+    return {"gt": gt, "pred": pred, "correct": correct, "recall": _ratio(correct, gt),
+            "precision": _ratio(correct, pred), "f1": _ratio(2 * correct, gt + pred),
+            "detected": detected, "detection_recall": _ratio(detected, gt)}
+
+
+def _block(m: np.ndarray, idx: list[int]) -> dict:
+    """Scores of a set of classes pooled: right when ground truth and prediction both fall in it."""
+    n = m.shape[0] - 1
+    gt, pred = int(m[idx, :].sum()), int(m[:, idx].sum())
+    return _scores(gt, pred, int(m[np.ix_(idx, idx)].sum()), gt - int(m[idx, n].sum()))
+
+
+def _harmonic(p: float, r: float) -> float:
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def _per_frame(n_frames: int, pl: dict, non: dict) -> dict:
+    """Mean objects per ground-truth frame: how crowded frames are, and whether the model over- or under-segments."""
+    n = max(1, n_frames)
+    return {"frames": n_frames, "gt": (pl["gt"] + non["gt"]) / n, "pred": (pl["pred"] + non["pred"]) / n,
+            "gt_plankton": pl["gt"] / n, "pred_plankton": pl["pred"] / n}
+
+
+def _summarise(al: Aligned, iou: float, min_score: float | Mapping[str, float]) -> dict:
+    detections, missed, found_ids, per_frame = _match(al, iou, min_score)
+    classes, plankton = al.classes, al.plankton
+    m = confusion_counts(detections, missed, classes)
+    per_class = {c: _block(m, [k]) for k, c in enumerate(classes)}
+    pl = _block(m, [k for k, c in enumerate(classes) if c in plankton])
+    non = _block(m, [k for k, c in enumerate(classes) if c not in plankton])
+    n_frames = len(per_frame)
+    rec, prec = pl["detected"] / max(1, pl["gt"]), pl["correct"] / max(1, pl["pred"])
+    with_gt = sorted(c for c in classes if per_class[c]["gt"])
     return {
-        "plankton_recall": tp / max(1, tp + fn), "plankton_precision": kept_true / max(1, kept),
-        "gt_plankton": tp + fn, "pred_plankton": kept,
-        "recall_per_class": {k: v[0] / max(1, sum(v)) for k, v in sorted(per_class.items())},
-        "gt_per_class": {k: sum(v) for k, v in sorted(per_class.items())},
+        # the figures this module has always returned (bench, demo and old JSON rely on them)
+        "plankton_recall": rec, "plankton_precision": prec, "plankton_f1": _harmonic(prec, rec),
+        "gt_plankton": pl["gt"], "pred_plankton": pl["pred"],
+        "recall_per_class": {c: per_class[c]["detection_recall"] for c in with_gt},
+        "gt_per_class": {c: per_class[c]["gt"] for c in with_gt},
         "found_ids": found_ids,
-        "records": records,
+        "records": [(p, s, g is not None and (g in plankton or p not in plankton)) for p, s, g in detections],
+        # added
+        "iou": iou, "min_score": dict(min_score) if isinstance(min_score, Mapping) else min_score,
+        "classes": list(classes), "plankton_classes": [c for c in classes if c in plankton],
+        "per_class": per_class, "plankton": pl, "non_plankton": non,
+        "segments_per_frame": _per_frame(n_frames, pl, non),
+        "confusion": {"rows": [*classes, FALSE_DETECTION], "columns": [*classes, MISSED], "counts": m.tolist()},
+        "per_frame": per_frame, "unmatched_pred_frames": al.unmatched_pred_frames,
+        "detections": detections,
     }
+
+
+def object_match(gt_path: Source, pred_path: Source, iou: float = 0.5,
+                 min_score: float | Mapping[str, float] = 0.0) -> dict:
+    """Object-level figures at mask IoU ≥ ``iou`` from one class-agnostic greedy match per frame.
+
+    ``min_score`` drops predictions below it (a mapping gives per-class thresholds, as
+    ``infer`` applies them). Keys:
+
+    - ``plankton_recall``: share of plankton objects matched by any prediction (organisms
+      found); ``plankton_precision``: share of predictions of plankton classes matching a
+      plankton object (class-agnostic within plankton); ``plankton_f1`` their harmonic mean.
+    - ``per_class[c]``, ``plankton``, ``non_plankton``: ``gt``, ``pred``, ``correct``
+      (matched pairs with both sides in the class or group), ``recall``/``precision``/``f1``
+      on ``correct`` (class-aware), ``detected``/``detection_recall`` (matched by any
+      prediction). None marks a ratio with nothing to divide by. ``plankton.precision``
+      equals ``plankton_precision``, ``plankton.detection_recall`` equals ``plankton_recall``.
+    - ``recall_per_class``: ``per_class[c].detection_recall`` for classes with ground truth.
+    - ``confusion``: counts of ground-truth class (rows, plus ``false detection``) against
+      predicted class (columns, plus ``missed``).
+    - ``segments_per_frame``: mean objects per ground-truth frame, predicted and true.
+    - ``records``: (class, score, right) per prediction for ``choose_thresholds``;
+      ``detections``: (class, score, matched ground-truth class or None) per prediction.
+    """
+    return _summarise(align(_read(gt_path), _read(pred_path)), iou, min_score)
+
+
+def pr_curves(detections: Sequence[tuple[str, float, str | None]], gt_counts: Mapping[str, int]) -> dict[str, dict]:
+    """Per class with ground truth and predictions: precision and recall as its score threshold falls.
+
+    A prediction of class c is right when the match paired it with a ground-truth object of
+    class c; with greedy matching in score order, each point is what thresholding at that
+    score would give, and the last point is the table's recall and precision.
+    """
+    out: dict[str, dict] = {}
+    for name, n_gt in gt_counts.items():
+        rows = sorted(((s, g == name) for p, s, g in detections if p == name), key=lambda r: -r[0])
+        if not n_gt or not rows:
+            continue
+        right = np.cumsum([ok for _, ok in rows])
+        out[name] = {"score": np.array([s for s, _ in rows]), "precision": right / np.arange(1, len(rows) + 1),
+                     "recall": right / n_gt}
+    return out
 
 
 def choose_thresholds(records: list[tuple[str, float, bool]], target_precision: float,
@@ -93,16 +280,180 @@ def choose_thresholds(records: list[tuple[str, float, bool]], target_precision: 
     return out
 
 
-def _greedy(ious: np.ndarray, thr: float) -> dict[int, int]:
-    """Prediction i (in score order) takes its best still-free ground truth with IoU ≥ thr."""
-    used: set[int] = set()
-    match: dict[int, int] = {}
-    for i in range(ious.shape[0]):
-        for j in np.argsort(-ious[i]):
-            if ious[i, j] < thr:
-                break
-            if j not in used:
-                used.add(int(j))
-                match[i] = int(j)
-                break
-    return match
+# ---------------------------------------------------------------- COCOeval
+
+
+def stat_names(max_dets: Sequence[int] = MAX_DETS) -> list[str]:
+    """Names of COCOeval's 12 summary figures; the AR@k names follow ``max_dets``."""
+    return ["AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+            *(f"AR_{k}" for k in max_dets), "AR_small", "AR_medium", "AR_large"]
+
+
+def _coco_gt(gt: dict):
+    """The ground truth as a pycocotools ``COCO``, with ``iscrowd``/``area``/``bbox`` filled where missing."""
+    from pycocotools.coco import COCO
+
+    size = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
+    anns = []
+    for a in gt["annotations"]:
+        a = dict(a)
+        a.setdefault("iscrowd", 0)
+        if "area" not in a or "bbox" not in a:
+            rle = to_rle(a["segmentation"], *size[a["image_id"]])
+            a.setdefault("area", float(mask_utils.area(rle)))
+            a.setdefault("bbox", mask_utils.toBbox(rle).tolist())
+        anns.append(a)
+    coco = COCO()
+    coco.dataset = {**gt, "annotations": anns}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _coco_results(al: Aligned) -> tuple[list[dict], int]:
+    """Predictions as a COCO results list on ground-truth ids; those of classes the ground truth
+    lacks are dropped (COCOeval would ignore them) and counted."""
+    cat_id = {n: i for i, n in al.gt_names.items()}
+    size = {im["id"]: (im["height"], im["width"]) for im in al.images}
+    out, dropped = [], 0
+    for image_id, anns in al.pred_anns.items():
+        for a in anns:
+            name = al.pred_names[a["category_id"]]
+            if name not in cat_id:
+                dropped += 1
+                continue
+            rle = to_rle(a["segmentation"], *size[image_id]) if "segmentation" in a else None
+            box = a.get("bbox") or (mask_utils.toBbox(rle).tolist() if rle is not None else None)
+            out.append({"image_id": image_id, "category_id": cat_id[name], "score": float(a.get("score", 1.0)),
+                        "bbox": box, "segmentation": rle})
+    return out, dropped
+
+
+def _run_cocoeval(coco_gt, results: list[dict], iou_type: IouType, max_dets: Sequence[int]):
+    """Evaluate and accumulate (quietly). For masks the box is dropped, so a detection's area is
+    its mask area (detectron2 does the same); pycocotools would otherwise size it by its box."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    keep = "bbox" if iou_type == "bbox" else "segmentation"
+    dets = [{k: v for k, v in r.items() if k not in ("bbox", "segmentation")} | {keep: r[keep]}
+            for r in results if r[keep] is not None]
+    with contextlib.redirect_stdout(io.StringIO()):
+        if dets:
+            coco_dt = coco_gt.loadRes(dets)
+        else:  # loadRes cannot take an empty list
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
+                               "annotations": []}
+            coco_dt.createIndex()
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.params.maxDets = list(max_dets)
+        ev.evaluate()
+        ev.accumulate()
+    return ev
+
+
+def _mean(ev, ap: bool, iou_thr: float | None = None, area: str = "all", max_det: int | None = None,
+          k: int | slice = slice(None)) -> float:
+    """COCOeval's ``_summarize``: mean over cells > -1, -1 if none."""
+    p = ev.params
+    s = ev.eval["precision" if ap else "recall"]
+    if iou_thr is not None:
+        s = s[np.flatnonzero(np.isclose(p.iouThrs, iou_thr))]
+    a, m = p.areaRngLbl.index(area), list(p.maxDets).index(p.maxDets[-1] if max_det is None else max_det)
+    s = s[:, :, k, a, m] if ap else s[:, k, a, m]
+    s = s[s > -1]
+    return float(s.mean()) if s.size else -1.0
+
+
+def coco_stats(ev) -> list[float]:
+    """COCOeval's 12 summary figures, except that AP over IoU 0.50:0.95 uses the largest maxDets.
+
+    pycocotools' ``summarize`` hard-codes maxDets=100 for that one figure (and returns -1
+    when 100 is not in maxDets); every other figure already uses the params.
+    """
+    md = ev.params.maxDets
+    return [_mean(ev, True), _mean(ev, True, .5), _mean(ev, True, .75),
+            *(_mean(ev, True, area=a) for a in ("small", "medium", "large")),
+            *(_mean(ev, False, max_det=m) for m in md),
+            *(_mean(ev, False, area=a) for a in ("small", "medium", "large"))]
+
+
+def _none(x: float) -> float | None:
+    return None if x == -1 else x
+
+
+def _coco_block(ev, al: Aligned, max_dets: Sequence[int]) -> dict:
+    out: dict[str, Any] = {n: _none(v) for n, v in zip(stat_names(max_dets), coco_stats(ev))}
+    out["per_class"] = {al.gt_names[c]: {"AP": _none(_mean(ev, True, k=k)), "AP50": _none(_mean(ev, True, .5, k=k))}
+                        for k, c in enumerate(ev.params.catIds)}
+    return out
+
+
+def _coco_metrics(al: Aligned, iou_types: Sequence[IouType], max_dets: Sequence[int]) -> dict:
+    coco_gt = _coco_gt(al.gt)
+    results, dropped = _coco_results(al)
+    out: dict[str, Any] = {"max_dets": list(max_dets), "area_ranges": {"small": [0, 32 ** 2], "medium": [32 ** 2, 96 ** 2],
+                                                                       "large": [96 ** 2, None]},
+                           "dropped_predictions": dropped}
+    for t in iou_types:
+        out[t] = _coco_block(_run_cocoeval(coco_gt, results, t, max_dets), al, max_dets)
+    return out
+
+
+def coco_metrics(gt_path: Source, pred_path: Source, iou_types: Sequence[IouType] = ("bbox", "segm"),
+                 max_dets: Sequence[int] = MAX_DETS) -> dict:
+    """pycocotools COCOeval on the same files as ``object_match``: per iou type the 12 summary
+    figures (``stat_names``; None where COCO gives -1, i.e. no objects in that size range) and
+    per-class AP/AP50. ``max_dets`` is per frame and class: keep the last one above the densest
+    frame's count (COCO's default 100 would cut plankton frames short).
+
+    Predictions of classes the ground truth lacks are dropped (``dropped_predictions``).
+    """
+    return _coco_metrics(align(_read(gt_path), _read(pred_path)), iou_types, max_dets)
+
+
+# ---------------------------------------------------------------- everything at once
+
+
+def to_json(result: dict) -> dict:
+    """The result without per-object lists, as plain JSON types."""
+    def clean(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items() if k not in INTERNAL_KEYS}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, np.generic):
+            return x.item()
+        return x
+    return clean(result)
+
+
+def evaluate(gt_path: Source, pred_path: Source, out_dir: Path | None = None, iou: float = 0.5, *,
+             min_score: float = 0.0, target_precision: float | None = None,
+             iou_types: Sequence[IouType] = ("bbox", "segm"), max_dets: Sequence[int] = MAX_DETS) -> dict:
+    """Object-level figures (``objects``), COCOeval (``coco``) and, with ``target_precision``,
+    per-class ``thresholds`` plus the object-level figures they would give (``at_thresholds``,
+    every class kept). With ``out_dir``: eval.json, confusion.csv, confusion.png, pr_curves.png.
+    """
+    al = align(_read(gt_path), _read(pred_path))
+    result: dict[str, Any] = {
+        "ground_truth": str(gt_path) if isinstance(gt_path, (str, Path)) else None,
+        "predictions": str(pred_path) if isinstance(pred_path, (str, Path)) else None,
+        "iou": iou, "objects": _summarise(al, iou, min_score),
+    }
+    if iou_types:
+        result["coco"] = _coco_metrics(al, iou_types, max_dets)
+    if target_precision is not None:
+        thresholds = choose_thresholds(result["objects"]["records"], target_precision)
+        result |= {"target_precision": target_precision, "thresholds": thresholds,
+                   "at_thresholds": _summarise(al, iou, thresholds)}
+    if out_dir is not None:
+        from .eval_report import write_report
+
+        result["files"] = {k: str(v) for k, v in write_report(result, Path(out_dir)).items()}
+    return result
+
+
+__all__ = ["MAX_DETS", "FALSE_DETECTION", "MISSED", "Aligned", "align", "object_match", "confusion_counts",
+           "pr_curves", "choose_thresholds", "stat_names", "coco_stats", "coco_metrics", "to_json", "evaluate"]

@@ -144,3 +144,34 @@ def test_dense_synthetic_frame_every_object_reaches_the_output():
     kept, cols, counts = post(out, rf.image)
     assert len(kept) == len(out) == counts.written == counts.per_class.sum()
     assert len(cols["area_px"]) == len(kept) and (cols["area_px"] > 0).all()
+
+
+def test_candidate_pairs_equal_brute_force():
+    """Sweep and prune finds exactly the overlapping pairs an all-pairs test finds (ties, empty boxes too)."""
+    from segplank.stitch import candidate_pairs
+
+    g = torch.Generator().manual_seed(0)
+    windows = torch.tensor([[0, 0, 300, 300], [250, 0, 560, 300], [0, 250, 300, 560], [250, 250, 560, 560]],
+                           dtype=torch.float32)
+    for n in (0, 1, 7, 400):
+        xy = torch.rand(n, 2, generator=g) * 500
+        wh = torch.rand(n, 2, generator=g) * 60
+        wh[::7] = 0
+        if n:
+            xy[::5, 0] = xy[0, 0]
+        boxes = torch.cat([xy, xy + wh], 1)
+        tile = torch.randint(0, 4, (n,), generator=g)
+        lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
+        rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+        hit = ((rb - lt) > 0).all(-1) & (torch.arange(n)[:, None] < torch.arange(n)[None])
+        i_ref, j_ref = torch.nonzero(hit, as_tuple=True)
+        i, j, shared = candidate_pairs(boxes, tile, windows)
+        # every pair found overlaps; every overlapping pair seen by both tiles is found
+        assert set(zip(i.tolist(), j.tolist())) <= set(zip(i_ref.tolist(), j_ref.tolist()))
+        assert (i < j).all() and len(shared) == len(i)
+        ws = windows[tile[i_ref]], windows[tile[j_ref]]
+        sh = torch.cat([torch.maximum(ws[0][:, :2], ws[1][:, :2]), torch.minimum(ws[0][:, 2:], ws[1][:, 2:])], 1)
+        inter = torch.cat([torch.maximum(boxes[i_ref, :2], boxes[j_ref, :2]),
+                           torch.minimum(boxes[i_ref, 2:], boxes[j_ref, 2:])], 1)
+        seen = ((torch.minimum(inter[:, 2:], sh[:, 2:]) - torch.maximum(inter[:, :2], sh[:, :2])) > 0).all(-1)
+        assert set(zip(i.tolist(), j.tolist())) == set(zip(i_ref[seen].tolist(), j_ref[seen].tolist()))

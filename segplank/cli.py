@@ -240,19 +240,26 @@ def evaluate_cmd(gt: Path = typer.Argument(..., help="Ground-truth COCO file of 
                  pred: Optional[Path] = typer.Argument(None, help="Predictions (COCO); omit to run --model on the frames."),
                  model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint to run on the GT frames."),
                  iou: float = typer.Option(0.5, min=0.05, max=1.0, help="Mask IoU that makes a match."),
+                 min_score: float = typer.Option(0.0, min=0.0, max=1.0, help="Object-level figures count predictions from this score."),
                  target_precision: Optional[float] = typer.Option(
                      None, min=0.0, max=1.0, help="Choose per-class score thresholds reaching this precision."),
                  write_model: Optional[Path] = typer.Option(None, help="With --target-precision: the checkpoint with those thresholds."),
+                 out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="Write eval.json, confusion.csv/.png, pr_curves.png here."),
+                 coco: bool = typer.Option(True, help="Also COCOeval AP for boxes and masks."),
+                 max_dets: int = typer.Option(10000, min=100, help="COCOeval's largest detections per frame and class."),
                  json_out: Optional[Path] = typer.Option(None, "--json", help="Save the figures as JSON.")) -> None:
-    """Object-level recall and precision (plankton vs non-plankton, per class); optional threshold choice."""
-    import json as _json
+    """Object-level recall/precision/F1 (plankton vs non-plankton, per class), confusion, PR curves, COCO AP."""
     import tempfile
 
-    from .evaluate import choose_thresholds, object_match
+    from .eval_report import coco_table, format_table
+    from .evaluate import evaluate, to_json
+    from .export.atomic import write_json
     from .model.checkpoint import DEMO_MODEL, CheckpointError, load_checkpoint
 
     if not gt.is_file():
         _fail(f"{gt}: ground-truth file not found")
+    if pred is not None and not pred.is_file():
+        _fail(f"{pred}: predictions file not found")
     if pred is None:
         model_path = model or DEMO_MODEL
         run_dir = Path(tempfile.mkdtemp(prefix="segplank_eval_"))
@@ -268,26 +275,25 @@ def evaluate_cmd(gt: Path = typer.Argument(..., help="Ground-truth COCO file of 
         infer(gt.parent, output=run_dir / "out", model=model_path, config=low, device="auto",
               keep_non_plankton=target_precision is not None, force=True, limit=None, threads=None, verbose=False)
         pred = run_dir / "out" / "predictions.coco.json"
-    res = object_match(gt, pred, iou)
-    t = Table(title=f"{pred} vs {gt} (mask IoU ≥ {iou})")
-    t.add_column("class")
-    t.add_column("ground truth", justify="right")
-    t.add_column("recall", justify="right")
-    for name, n in res["gt_per_class"].items():
-        t.add_row(name, str(n), f"{res['recall_per_class'][name]:.3f}")
-    out.print(t)
-    out.print(f"plankton recall {res['plankton_recall']:.3f} ({res['gt_plankton']} organisms); "
-              f"plankton precision {res['plankton_precision']:.3f} ({res['pred_plankton']} written as plankton)")
-    summary = {k: v for k, v in res.items() if k not in ("records", "found_ids")}
+    res = evaluate(gt, pred, out_dir, iou, min_score=min_score, target_precision=target_precision,
+                   iou_types=("bbox", "segm") if coco else (), max_dets=(1, 100, max_dets))
+    out.print(format_table(res))
+    if "coco" in res:
+        out.print(coco_table(res))
+    o = res["objects"]
+    out.print(f"plankton recall {o['plankton_recall']:.3f} ({o['gt_plankton']} organisms); "
+              f"plankton precision {o['plankton_precision']:.3f} ({o['pred_plankton']} written as plankton)")
     if target_precision is not None:
-        thr = choose_thresholds(res["records"], target_precision)
-        summary["thresholds"] = thr
+        thr, at = res["thresholds"], res["at_thresholds"]
         out.print("per-class thresholds: " + ", ".join(f"{k} {v:.2f}" for k, v in thr.items()))
+        out.print(f"with them: plankton recall {at['plankton_recall']:.3f}, precision {at['plankton_precision']:.3f}")
         if write_model:
             load_checkpoint(model or DEMO_MODEL).with_thresholds(thr).save(write_model)
             out.print(f"wrote {write_model}")
     if json_out:
-        json_out.write_text(_json.dumps(summary, indent=1))
+        write_json(json_out, to_json(res))
+    if out_dir:
+        out.print(f"wrote {', '.join(Path(p).name for p in res['files'].values())} in {out_dir}")
 
 
 @app.command()

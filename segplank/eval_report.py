@@ -68,7 +68,8 @@ def pr_figure(curves: Mapping[str, Mapping[str, np.ndarray]], path: Path, *,
     fig = Figure(figsize=(6.5, 5), layout="constrained")
     ax = fig.add_subplot()
     for name, c in curves.items():
-        (line,) = ax.plot(c["recall"], c["precision"], drawstyle="steps-post", lw=1.4, label=name)
+        k = _thin(len(c["score"]))
+        (line,) = ax.plot(c["recall"][k], c["precision"][k], lw=1.4, label=name)
         if thresholds and name in thresholds:
             k = np.flatnonzero(c["score"] >= thresholds[name])
             if k.size:
@@ -84,6 +85,12 @@ def pr_figure(curves: Mapping[str, Mapping[str, np.ndarray]], path: Path, *,
         ax.text(0.5, 0.5, "no class has both ground truth and predictions", ha="center", va="center")
     ax.set_title(title)
     return _save(fig, path)
+
+
+def _thin(n: int, most: int = 2000) -> np.ndarray:
+    """At most ``most`` indices spread over ``n`` points, first and last kept: a curve over a
+    whole cruise's detections draws as fast as a small one."""
+    return np.unique(np.linspace(0, n - 1, min(n, most)).round().astype(int)) if n else np.arange(0)
 
 
 def write_report(result: dict, out_dir: Path) -> dict[str, Path]:
@@ -115,9 +122,11 @@ def format_table(result: dict) -> Table:
     segm = result.get("coco", {}).get("segm", {}).get("per_class", {})
     spf = objects["segments_per_frame"]
     t = Table(title=f"Object-level match (mask IoU ≥ {objects['iou']:g})",
-              caption=f"{spf['frames']} frames; segments per frame: {spf['pred']:.1f} predicted, "
-                      f"{spf['gt']:.1f} in the ground truth. Found: matched by any prediction; "
-                      "recall/precision/F1: matched and named right.")
+              caption=" ".join([f"{spf['frames']} frames; segments per frame: {spf['pred']:.1f} predicted, "
+                                f"{spf['gt']:.1f} true; plankton per frame: {spf['pred_plankton']:.1f} predicted, "
+                                f"{spf['gt_plankton']:.1f} true. Found: matched by any prediction; "
+                                "recall/precision/F1: matched and named right.",
+                                *(f"Note: {n}." for n in objects.get("notes", []))]))
     for col in ("class", "group", "ground truth", "predicted", "found", "recall", "precision", "F1"):
         t.add_column(col, justify="left" if col in ("class", "group") else "right")
     if segm:
@@ -129,15 +138,16 @@ def format_table(result: dict) -> Table:
         _row(t, c, group, objects["per_class"][c], segm.get(c, {}).get("AP") if segm else False,
              end_section=k == len(names) - 1)
     for key, label in (("plankton", "all plankton"), ("non_plankton", "all non-plankton")):
-        _row(t, label, "", objects[key], None if segm else False)
+        _row(t, label, "", objects[key], "" if segm else False)
     return t
 
 
-def _row(t: Table, name: str, group: str, s: dict, ap: float | None | bool, end_section: bool = False) -> None:
+def _row(t: Table, name: str, group: str, s: dict, ap: float | str | None | bool, end_section: bool = False) -> None:
+    """``ap``: False without an AP column, "" for a blank cell."""
     cells = [name, group, str(s["gt"]), str(s["pred"]), _f(s["detection_recall"]), _f(s["recall"]),
              _f(s["precision"]), _f(s["f1"])]
     if ap is not False:
-        cells.append(_f(ap))  # type: ignore[arg-type]
+        cells.append(ap if isinstance(ap, str) else _f(ap))  # type: ignore[arg-type]
     t.add_row(*cells, end_section=end_section)
 
 
@@ -145,13 +155,13 @@ def coco_table(result: dict) -> Table:
     """COCOeval's summary figures, one column per iou type."""
     coco = result["coco"]
     types = [t for t in ("bbox", "segm") if t in coco]
-    t = Table(title=f"COCOeval (maxDets {', '.join(map(str, coco['max_dets']))} per frame and class)",
-              caption="– : no ground truth in that size range")
+    t = Table(title="COCOeval", caption=f"maxDets {'/'.join(map(str, coco['max_dets']))} per frame and class; "
+                                        "–: no ground truth in that size range")
     t.add_column("figure")
     for kind in types:
         t.add_column("boxes" if kind == "bbox" else "masks", justify="right")
-    for name in stat_names(coco["max_dets"]):
-        t.add_row(name, *(_f(coco[kind][name]) for kind in types))
+    for name in [*stat_names(coco["max_dets"]), "AP_plankton", "AP50_plankton"]:
+        t.add_row(name, *(_f(coco[kind][name]) for kind in types), end_section=name == "AR_large")
     return t
 
 

@@ -449,6 +449,59 @@ def export_ecotaxa_cmd(run_dir: Path = typer.Argument(..., help="Output folder o
         raise typer.Exit(1)
 
 
+@export_app.command("coco")
+def export_coco_cmd(run_dir: Path = typer.Argument(..., help="Output folder of `segplank infer`."),
+                    output: Path = typer.Argument(..., help="Folder for images/ and annotations.coco.json."),
+                    for_annotation: bool = typer.Option(False, "--for-annotation", help="Images plus editable polygons for CVAT / Label Studio."),
+                    unit: str = typer.Option("frame", help="frame or tile: what one annotation image is."),
+                    tile_size: int = typer.Option(1024, min=64, help="With --unit tile."),
+                    uncertain_first: bool = typer.Option(False, help="Order images by model uncertainty, most uncertain first (active learning)."),
+                    plankton_only: bool = typer.Option(False, help="Leave non-plankton predictions out."),
+                    cruise_dir: Optional[Path] = typer.Option(None, help="Where the frames are, if the cruise folder moved since `infer`.")) -> None:
+    """The run's predictions as a COCO set of images and polygons, to correct and feed back to `segplank train`."""
+    from .annotate import AnnotationExportError, export_for_annotation
+    from .runs import RunFolderError
+
+    if not for_annotation:
+        _fail(f"the run's COCO predictions are already in {run_dir / 'predictions.coco.json'}; "
+              "add --for-annotation to write images and editable polygons")
+    if unit not in ("frame", "tile"):
+        _fail(f"--unit {unit!r}: choose frame or tile")
+    try:
+        path = export_for_annotation(run_dir, output, unit=unit, tile_size=tile_size, uncertain_first=uncertain_first,
+                                     include_non_plankton=not plankton_only, cruise_dir=cruise_dir)
+    except (AnnotationExportError, RunFolderError, FileNotFoundError) as e:
+        _fail(str(e))
+    out.print(f"wrote {path} and its images; correct it in CVAT or Label Studio, then `segplank train {path}`")
+
+
+import_app = typer.Typer(no_args_is_help=True, help="Bring validations back from other tools (EcoTaxa).")
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("ecotaxa")
+def import_ecotaxa_cmd(export: Path = typer.Argument(..., help="EcoTaxa export (.tsv, or a .zip of them) of objects segplank wrote."),
+                       output: Path = typer.Argument(..., help="Folder for train.coco.json and images/."),
+                       run: list[Path] = typer.Option(..., "--run", help="Output folder(s) of the `segplank infer` runs the objects came from."),
+                       cruise_dir: Optional[Path] = typer.Option(None, help="Where the frames are, if the cruise folder moved."),
+                       drop_category: Optional[list[str]] = typer.Option(None, help="Validated categories to drop (replaces the default set).")) -> None:
+    """A COCO training set from EcoTaxa validations: segplank's masks, the experts' classes."""
+    from .import_ecotaxa import DROP_CATEGORIES, EcoTaxaImportError, import_ecotaxa
+    from .runs import RunFolderError
+
+    try:
+        s = import_ecotaxa(export, output, run_dirs=run, cruise_dir=cruise_dir,
+                           drop_categories=drop_category or DROP_CATEGORIES)
+    except (EcoTaxaImportError, RunFolderError, FileNotFoundError) as e:
+        _fail(str(e))
+    out.print(f"{s.rows} rows: {s.validated} validated and kept, {s.not_validated} not validated, "
+              f"{s.discarded} discarded, {s.unmatched} not found in the run(s); "
+              f"{s.frames} frames, {s.ignore_regions} objects marked as ignore regions")
+    if s.new_categories:
+        out.print("new categories: " + ", ".join(s.new_categories))
+    out.print(f"wrote {s.path}; train on it with `segplank train {s.path}`")
+
+
 def main() -> None:
     try:
         app()

@@ -160,20 +160,24 @@ def _summary(stats, output: Path) -> None:
 
 
 @app.command()
-def train(coco: Path = typer.Argument(..., help="COCO annotations of full frames."),
-          output: Path = typer.Option(Path("model.pt"), "-o", "--output", help="Checkpoint to write."),
-          images: Optional[Path] = typer.Option(None, help="Image root (default: the COCO file's folder)."),
-          val: Optional[Path] = typer.Option(None, help="Validation COCO file."),
+def train(coco: list[Path] = typer.Argument(..., help="COCO annotations of full frames (several are merged by category name)."),
+          output: Path = typer.Option(Path("model.pt"), "-o", "--output", help="Best checkpoint; .last.pt, .state.pt, .metrics.csv/.png beside it."),
+          images: Optional[Path] = typer.Option(None, help="Image root (default: each COCO file's folder)."),
+          val: Optional[list[Path]] = typer.Option(None, help="Validation COCO file(s): val loss and mask AP each epoch."),
           config: Optional[Path] = typer.Option(None, "--config", "-c", help="Training config YAML (configs/train_*.yaml)."),
           iterations: Optional[int] = typer.Option(None, min=1),
           polarity: str = typer.Option("dark_on_bright", help="dark_on_bright (ISIIS) or bright_on_dark (UVP)."),
-          init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint's weights."),
+          init: Optional[str] = typer.Option(None, "--init", help="none | imagenet | coco (torchvision downloads them) | a checkpoint.pt."),
+          resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUTPUT's .state.pt (same result as no interruption)."),
           demo: bool = typer.Option(False, hidden=True)) -> None:
-    """Train a Mask R-CNN on chips cut from annotated frames; writes a self-describing checkpoint."""
+    """Train a Mask R-CNN on chips cut from annotated frames; writes self-describing checkpoints."""
     from .config import ConfigError, TrainConfig, build_config, read_yaml
     from .model.checkpoint import CheckpointError
+    from .train import RunFiles
     from .train import train as run_train
 
+    if polarity not in ("dark_on_bright", "bright_on_dark"):
+        _fail(f"--polarity {polarity!r}: choose dark_on_bright or bright_on_dark")
     try:
         data = read_yaml(config) if config else {}
         if iterations:
@@ -181,22 +185,29 @@ def train(coco: Path = typer.Argument(..., help="COCO annotations of full frames
         cfg = build_config(data, str(config or "defaults"), TrainConfig)
     except ConfigError as e:
         _fail(str(e))
-    if not coco.is_file():
-        _fail(f"{coco}: annotation file not found")
+    for path in [*coco, *(val or [])]:
+        if not path.is_file():
+            _fail(f"{path}: annotation file not found")
+    start = init if init in (None, "none", "imagenet", "coco") else Path(init)
     with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("train", total=cfg.iterations, info="")
 
         def on_iter(it: int, row: dict) -> None:
-            info = f"loss {row['loss']:.3f}" + (f" val {row['val_loss']:.3f}" if "val_loss" in row else "")
+            info = f"loss {row['loss']:.3f}"
+            if "val_loss" in row:
+                info += f" val {row['val_loss']:.3f} mask AP {row.get('mask_AP', float('nan')):.3f}"
             progress.update(task, completed=it, info=info)
 
         try:
-            ckpt = run_train(cfg, coco, output, images, val, polarity, on_iter, demo=demo, init=init)
+            ckpt = run_train(cfg, coco if len(coco) > 1 else coco[0], output, images, val or None, polarity, on_iter,
+                             demo=demo, init=start, resume=resume)
         except (ValueError, CheckpointError) as e:
             progress.stop()
             _fail(str(e))
-    out.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB); metrics: {ckpt.metrics}")
+    files = RunFiles.beside(output)
+    out.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, best), {files.last.name}, "
+              f"{files.csv.name}, {files.png.name}; metrics: {ckpt.metrics}")
 
 
 @app.command()

@@ -164,22 +164,46 @@ class ModelConfig(_Section):
     def _anchors(self) -> "ModelConfig":
         if len({len(s) for s in self.anchor_sizes}) != 1:
             raise ValueError("every anchor_sizes level needs the same number of sizes")
+        if self.init == "coco" and self.backbone != "resnet50_v2":
+            raise ValueError("init 'coco' needs backbone resnet50_v2 (torchvision's COCO Mask R-CNN weights); "
+                             "use 'imagenet' or 'none' for this backbone")
         return self
 
 
 class TrainConfig(_Section):
     model: ModelConfig = ModelConfig()
+    device: Device = "auto"  # auto: CUDA when present
     chip_size: int = Field(384, ge=64)  # training chips cut from full frames
     batch_size: int = Field(4, ge=1)
     iterations: int = Field(2000, ge=1)
     lr: float = Field(0.01, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_iters: int = Field(100, ge=0)
-    background_chip_share: float = Field(0.1, ge=0, le=1)
-    balanced: bool = True  # draw chip classes uniformly (long-tailed data)
-    val_every: int = Field(500, ge=1)
-    seed: int = 0
+    background_chip_share: float = Field(0.1, ge=0, lt=1)  # share of chips placed anywhere, not on an object
+    # long-tailed data: repeat_factor (LVIS: a chip cut around an object of class c repeats
+    # max(1, sqrt(rfs_threshold / f_c)) times, f_c = class c's share of annotated objects),
+    # class_uniform (every class equally often), none (each object once per epoch)
+    sampling: Literal["repeat_factor", "class_uniform", "none"] = "repeat_factor"
+    rfs_threshold: float = Field(0.2, gt=0, le=1)
+    augment: bool = True  # flips, 90° turns, mild brightness/contrast/gamma, slight blur and noise
+    val_every: int = Field(500, ge=1)  # iterations between validations (val loss, mask AP): an "epoch"
+    checkpoint_every: int = Field(100, ge=1)  # iterations between saved training states (resume points)
+    seed: int = Field(0, ge=0)
     threads: int = Field(2, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _balanced_alias(cls, data: Any) -> Any:
+        """``balanced: true|false`` (older configs) means ``sampling: class_uniform|none``."""
+        if isinstance(data, dict) and "balanced" in data:
+            data = dict(data)
+            balanced = data.pop("balanced")
+            if not isinstance(balanced, bool):
+                raise ValueError(f"balanced = {balanced!r}: give true or false (or 'sampling' instead)")
+            if "sampling" in data:
+                raise ValueError("give 'sampling' only ('balanced' is its older spelling)")
+            data["sampling"] = "class_uniform" if balanced else "none"
+        return data
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -24,8 +24,8 @@ export of objects segplank wrote, matches them to the run(s) by ``object_id`` an
 - A frame is in the set when at least one of its objects is kept. Its other objects
   (dropped, not validated, or absent from the export, e.g. non-plankton segplank did not
   export) are written as ``iscrowd: 1`` regions with the model's label: an expert saw a real
-  object or did not look, so they must be neither positives nor background. (A COCO
-  consumer treats crowd regions as "ignore"; ``train.py`` needs to as well.)
+  object or did not look, so they must be neither positives nor background (COCO's "ignore";
+  ``segplank train`` paints them with the background grey in its chips).
 - Object ids of the export no run holds are counted and warned about (with examples); an id
   in two runs, or twice in the export with different labels, is an error.
 - Frames are hard-linked into ``images/`` (a symlink across file systems, a copy as the last

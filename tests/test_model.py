@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from segplank.model.checkpoint import CheckpointError, ClassMap, load_checkpoint
+from segplank.model.checkpoint import Checkpoint, CheckpointError, ClassMap, load_checkpoint
 from segplank.model.predict import TilePredictor
 
 from .conftest import TINY
@@ -67,3 +67,25 @@ def test_predictor_empty_tile_and_box_relative_masks(tiny_checkpoint):
     # extra proposals (connected pieces of the foreground map) are scored beside the RPN's
     extra = [np.zeros((0, 4), np.float32), np.array([[50, 40, 90, 60]], np.float32), np.zeros((0, 4), np.float32)]
     assert len(pred(tiles, extra)) == 3
+
+
+def test_checkpoint_of_a_pretrained_model_builds_offline(tmp_path, monkeypatch):
+    """A model trained from ImageNet weights loads from its checkpoint alone: no download at inference."""
+    import socket
+
+    from segplank.config import ModelConfig
+    from segplank.model.build import build_model
+    from segplank.synth import CATEGORIES
+
+    cfg = ModelConfig(name="r18", backbone="resnet18", init="imagenet", fpn_channels=16, box_head_dim=32,
+                      mask_head_channels=16, tile_size=128)
+    classes = ClassMap.from_coco_categories(CATEGORIES)
+    path = Checkpoint(cfg, classes, build_model(cfg, len(classes), pretrained=False).state_dict(),
+                      trained_on={}).save(tmp_path / "r18.pt")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("loading a checkpoint tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    model = load_checkpoint(path).build("cpu")
+    assert type(model.backbone.body.bn1).__name__ == "FrozenBatchNorm2d"  # the ImageNet recipe's layers

@@ -23,9 +23,10 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from ..config import ModelConfig
 
 
-def _backbone(cfg: ModelConfig) -> BackboneWithFPN:
+def _backbone(cfg: ModelConfig, pretrained: bool) -> BackboneWithFPN:
+    imagenet = cfg.init == "imagenet"
     if cfg.backbone == "mobilenet_v3_large":
-        weights = "IMAGENET1K_V1" if cfg.init == "imagenet" else None
+        weights = "IMAGENET1K_V1" if imagenet and pretrained else None
         net = mobilenet_v3_large(weights=weights, width_mult=cfg.width_mult, norm_layer=nn.BatchNorm2d)
         feats = net.features
         stages = [0] + [i for i, b in enumerate(feats) if getattr(b, "_is_cn", False)] + [len(feats) - 1]
@@ -33,14 +34,13 @@ def _backbone(cfg: ModelConfig) -> BackboneWithFPN:
         returned = [1, 2, 3, len(stages) - 1]
         return _mobilenet_fpn(net, stages, returned, cfg.fpn_channels)
     if cfg.backbone == "resnet18":
-        weights = "IMAGENET1K_V1" if cfg.init == "imagenet" else None
-        norm = misc_ops.FrozenBatchNorm2d if weights else nn.BatchNorm2d
-        net = resnet18(weights=weights, norm_layer=norm)
-        return _resnet_fpn_extractor(net, 5 if weights is None else 3, returned_layers=[1, 2, 3, 4])
+        # the ImageNet recipe freezes batch norm: the layer type is part of the architecture
+        norm = misc_ops.FrozenBatchNorm2d if imagenet else nn.BatchNorm2d
+        net = resnet18(weights="IMAGENET1K_V1" if imagenet and pretrained else None, norm_layer=norm)
+        return _resnet_fpn_extractor(net, 3 if imagenet else 5, returned_layers=[1, 2, 3, 4])
     # resnet50_v2: torchvision's maskrcnn_resnet50_fpn_v2 recipe
-    weights = "IMAGENET1K_V1" if cfg.init == "imagenet" else None
-    net = resnet50(weights=weights, norm_layer=nn.BatchNorm2d)
-    return _resnet_fpn_extractor(net, 5 if weights is None else 3, norm_layer=nn.BatchNorm2d)
+    net = resnet50(weights="IMAGENET1K_V1" if imagenet and pretrained else None, norm_layer=nn.BatchNorm2d)
+    return _resnet_fpn_extractor(net, 3 if imagenet else 5, norm_layer=nn.BatchNorm2d)
 
 
 def _mobilenet_fpn(net: nn.Module, stages: list[int], returned: list[int], out_channels: int) -> BackboneWithFPN:
@@ -50,11 +50,15 @@ def _mobilenet_fpn(net: nn.Module, stages: list[int], returned: list[int], out_c
     return BackboneWithFPN(feats, return_layers, in_channels, out_channels, extra_blocks=LastLevelMaxPool())
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
-    """Mask R-CNN with ``num_classes`` foreground classes (background is added here)."""
+def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool = True) -> MaskRCNN:
+    """Mask R-CNN with ``num_classes`` foreground classes (background is added here).
+
+    ``pretrained=False`` builds the same architecture without fetching torchvision's weights:
+    loading a checkpoint must never need the internet.
+    """
     if cfg.backbone == "resnet50_v2":
-        return _build_resnet50_v2(cfg, num_classes)
-    backbone = _backbone(cfg)
+        return _build_resnet50_v2(cfg, num_classes, pretrained)
+    backbone = _backbone(cfg, pretrained)
     ch = backbone.out_channels
     n_levels = 5  # four FPN levels + max-pool level
     sizes = tuple(cfg.anchor_sizes[:n_levels])
@@ -91,14 +95,13 @@ def _mask_predictor(ch: int, n: int) -> nn.Module:
     return MaskRCNNPredictor(ch, ch, n)
 
 
-def _build_resnet50_v2(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
+def _build_resnet50_v2(cfg: ModelConfig, num_classes: int, pretrained: bool) -> MaskRCNN:
     """torchvision's ResNet-50-FPN v2 Mask R-CNN; COCO weights are downloaded on first use."""
     from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
 
-    weights = "COCO_V1" if cfg.init == "coco" else None
     model = maskrcnn_resnet50_fpn_v2(
-        weights=weights,
-        weights_backbone="IMAGENET1K_V1" if cfg.init == "imagenet" else None,
+        weights="COCO_V1" if cfg.init == "coco" and pretrained else None,
+        weights_backbone="IMAGENET1K_V1" if cfg.init == "imagenet" and pretrained else None,
         min_size=cfg.tile_size, max_size=cfg.tile_size,
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n,
         box_score_thresh=cfg.score_thresh, box_nms_thresh=cfg.nms_thresh,

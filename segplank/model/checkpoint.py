@@ -111,7 +111,7 @@ class Checkpoint:
     def build(self, device: torch.device | str = "cpu", tile_size: int | None = None) -> nn.Module:
         """The network, ready for inference on tiles of ``tile_size`` (never resized)."""
         cfg = self.model_config if tile_size is None else self.model_config.model_copy(update={"tile_size": tile_size})
-        model = build_model(cfg, len(self.classes))
+        model = build_model(cfg, len(self.classes), pretrained=False)  # the weights come from the checkpoint
         try:
             model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()})
         except RuntimeError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -69,6 +70,11 @@ def synth(out_dir: Path = typer.Argument(..., help="Folder to write the syntheti
     out.print(str(summary))
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 @app.command()
 def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames anywhere below it, nav*.csv, ctd*.csv."),
           output: Path = typer.Option(Path("segplank_out"), "-o", "--output", help="Output folder."),
@@ -79,10 +85,16 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
           force: bool = typer.Option(False, "--force", help="Replace a previous run in the output folder."),
           limit: Optional[int] = typer.Option(None, min=1, help="Process at most this many (new) frames."),
           threads: Optional[int] = typer.Option(None, min=1, help="Torch CPU threads."),
+          engine: Optional[Engine] = typer.Option(None, "--engine", help="local (this machine, default) or ray "
+                                                  "(a Ray cluster; pip install 'segplank[ray]')."),
+          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address, e.g. ray://head:10001 "
+                                                "(default: RAY_ADDRESS, else Ray starts on this machine)."),
+          decode_workers: Optional[int] = typer.Option(None, "--decode-workers", min=0,
+                                                       help="Processes decoding frames ahead (local engine; 0: none)."),
           verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
     """Detect, segment, classify, measure and write every object of a cruise. Reruns resume."""
     from .config import ConfigError, load_config
-    from .engine.local import LocalRunner, RunError, resolve_device
+    from .engine.local import RunError
     from .frames import find_frames
     from .model.checkpoint import DEMO_MODEL, CheckpointError, load_checkpoint
 
@@ -92,6 +104,9 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
     overrides = {"device": device}
     if keep_non_plankton:
         overrides["filter"] = {"keep_non_plankton": True}
+    run_opts = {"kind": engine.value if engine else None, "ray_address": address, "decode_workers": decode_workers}
+    if any(v is not None for v in run_opts.values()):
+        overrides["engine"] = {k: v for k, v in run_opts.items() if v is not None}
     try:
         cfg = load_config(config, cruise_dir, overrides)
         model_path = model or DEMO_MODEL
@@ -99,7 +114,7 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
         if model is None:
             console.print("[yellow]Using the bundled demo model, trained on synthetic frames only: "
                           "train your own with `segplank train` for real data.[/]")
-        runner = LocalRunner(cfg, ckpt, model_path, resolve_device(cfg.device), threads)
+        runner = _runner(cfg, ckpt, model_path, threads)
         total = len(find_frames(cruise_dir, cfg.instrument, exclude=[output]))
         if total == 0:
             raise RunError(f"{cruise_dir}: no frames found (looked for {', '.join(cfg.instrument.extensions)} files "
@@ -125,6 +140,21 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
     _summary(stats, output)
     if stats.frames_done == 0 and stats.frames_resumed == 0:
         raise typer.Exit(1)
+
+
+def _runner(cfg, ckpt, model_path: Path, threads: Optional[int]):
+    """The engine the config asks for; Ray is imported only for a Ray run."""
+    e = cfg.engine
+    if e.kind == "ray":
+        from .engine.ray_engine import RayRunner
+
+        return RayRunner(cfg, ckpt, model_path, address=e.ray_address, actors=e.ray_actors,
+                         actor_cpus=threads or e.ray_actor_cpus, batch_frames=e.ray_batch_frames,
+                         frames_per_block=e.ray_frames_per_block)
+    from .engine.local import LocalRunner, resolve_device
+
+    return LocalRunner(cfg, ckpt, model_path, resolve_device(cfg.device), threads,
+                       decode_workers=e.decode_workers, write_queue=e.write_queue)
 
 
 def _summary(stats, output: Path) -> None:
@@ -227,7 +257,8 @@ def demo(out_dir: Path = typer.Argument(Path("demo_out"), help="Where to write t
         # 1024² frames 25 s apart: a dozen frames span most of a tow-yo, so the profile has depths
         out.print(str(make_cruise(cruise, frames, seed, size=(1024, 1024), frame_rate_hz=0.04)))
     infer(cruise, output=results, model=None, config=None, device="auto", keep_non_plankton=False,
-          force=True, limit=None, threads=None, verbose=False)
+          force=True, limit=None, threads=None, engine=None, address=None, decode_workers=None,
+              verbose=False)
     scores = object_match(cruise / "ground_truth.coco.json", results / "predictions.coco.json")
     out.print(f"against the ground truth (mask IoU ≥ 0.5): plankton recall {scores['plankton_recall']:.3f}, "
               f"plankton precision {scores['plankton_precision']:.3f} "
@@ -284,7 +315,8 @@ def evaluate_cmd(gt: Path = typer.Argument(..., help="Ground-truth COCO file of 
         if target_precision is not None:
             model_path = ckpt.with_thresholds(None).save(run_dir / "unthresholded.pt")
         infer(gt.parent, output=run_dir / "out", model=model_path, config=low, device="auto",
-              keep_non_plankton=target_precision is not None, force=True, limit=None, threads=None, verbose=False)
+              keep_non_plankton=target_precision is not None, force=True, limit=None, threads=None, engine=None, address=None, decode_workers=None,
+              verbose=False)
         pred = run_dir / "out" / "predictions.coco.json"
     res = evaluate(gt, pred, out_dir, iou, min_score=min_score, target_precision=target_precision,
                    iou_types=("bbox", "segm") if coco else (), max_dets=(1, 100, max_dets))

@@ -120,6 +120,20 @@ class GeoConfig(_Section):
     max_gap_s: float = Field(60.0, gt=0)  # no interpolation across a longer gap in a record: NaN there
 
 
+class EngineConfig(_Section):
+    """How a run executes, never what it computes: left out of the run's identity, so a run
+    may be resumed with other values here, or under the other engine."""
+
+    kind: Literal["local", "ray"] = "local"
+    decode_workers: int = Field(1, ge=0)  # processes decoding and tiling frames ahead (0: in the main process)
+    write_queue: int = Field(1, ge=1, le=4)  # full shards that may wait for the writer thread
+    ray_address: str | None = None  # None: RAY_ADDRESS if set, else a Ray runtime started on this machine
+    ray_actors: int | None = Field(None, ge=1)  # model replicas (None: one per GPU, else one per ray_actor_cpus CPUs)
+    ray_actor_cpus: float = Field(1.0, gt=0)  # CPUs (torch threads) per model replica
+    ray_batch_frames: int = Field(1, ge=1)  # frames per model-actor call
+    ray_frames_per_block: int = Field(8, ge=1)  # frames per input block (one decode task)
+
+
 class PipelineConfig(_Section):
     version: int = CONFIG_VERSION
     device: Device = "auto"
@@ -131,6 +145,7 @@ class PipelineConfig(_Section):
     measure: MeasureConfig = MeasureConfig()
     output: OutputConfig = OutputConfig()
     geo: GeoConfig = GeoConfig()
+    engine: EngineConfig = EngineConfig()
 
     @model_validator(mode="after")
     def _version(self) -> "PipelineConfig":

@@ -1,17 +1,23 @@
 """The local streaming runner: frames in, shards out, resumable.
 
-Frames stream from the source one at a time (memory stays flat); objects are buffered
-and written as Parquet + COCO shards, each with a frame table that records which frames it
-holds. A shard's frame table is written last, so a frame counts as done only once its
-objects are safely on disk: a rerun of the same command skips those frames and completes
-the rest, with no object lost or written twice.
+Frames are decoded and tiled ahead in worker processes (``decode_workers``), run through the
+model one frame at a time, and their objects are buffered and written as Parquet + COCO
+shards on a background thread while the model runs on. Each shard has a frame table that
+records which frames it holds, written last, so a frame counts as done only once its objects
+are safely on disk: a rerun of the same command skips those frames and completes the rest,
+with no object lost or written twice. Memory stays flat whatever the number of frames.
+
+What is not specific to one machine (identity, resumption, the manifest, the last stage that
+turns measured detections into rows) is shared with the Ray engine (``ray_engine.py``).
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
-from contextlib import contextmanager
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,17 +33,38 @@ from ..config import PipelineConfig, dump_config
 from ..export.atomic import atomic_path, write_json
 from ..export.coco import coco_annotations, coco_categories, coco_image, merge_coco_shards, write_coco_shard
 from ..export.parquet import object_rows, write_shard
-from ..frames import FrameSource, SkippedFrame, find_frames
+from ..frames import SkippedFrame, find_frames
 from ..geo import Locator, Position, epoch_seconds
-from ..model.checkpoint import Checkpoint, file_sha256
+from ..model.checkpoint import Checkpoint, ClassMap, file_sha256
 from ..model.predict import TilePredictor
-from .stages import FrameDetector, Postprocessor, Tiler
+from ..structures import Detections, FrameInfo
+from .prefetch import prefetch
+from .stages import FrameCounts, FrameDetector, Postprocessor, TiledFrame, Tiler
 
 log = logging.getLogger("segplank")
 
 
 class RunError(RuntimeError):
     """The run cannot start; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class FrameSummary:
+    """One frame's counts for the run's totals: small, so it travels back from Ray workers."""
+
+    path: str  # relative to the cruise folder
+    tiles: int
+    tiles_run: int
+    capped: int  # tiles whose candidates filled detections_per_tile
+    detected: dict[str, int]  # every detection per class, written or not
+    written: dict[str, int]  # objects written per class
+    outside_nav: bool
+    outside_ctd: bool
+    seconds: dict[str, float] = field(default_factory=dict)  # stage seconds spent elsewhere (Ray workers)
+
+    @property
+    def objects(self) -> int:
+        return sum(self.written.values())
 
 
 @dataclass
@@ -61,6 +88,22 @@ class RunStats:
     def skipped_tile_share(self) -> float:
         return 1.0 - self.tiles_run / self.tiles if self.tiles else 0.0
 
+    def add(self, s: FrameSummary) -> None:
+        """Count one processed frame."""
+        self.frames_done += 1
+        self.tiles += s.tiles
+        self.tiles_run += s.tiles_run
+        self.capped_tiles += s.capped
+        self.objects += s.objects
+        _add_counts(self.per_class, s.detected)
+        _add_counts(self.written_per_class, s.written)
+        _add_counts(self.stage_seconds, s.seconds)
+
+
+def _add_counts(total: dict, more: dict) -> None:
+    for k, v in more.items():
+        total[k] = total.get(k, 0) + v
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -76,44 +119,131 @@ FRAME_SCHEMA = pa.schema([("frame_path", pa.string()), ("frame_index", pa.int64(
                           ("lat", pa.float64()), ("lon", pa.float64()), ("depth_m", pa.float64())])
 
 
-class LocalRunner:
-    """Run a cruise through the stages on one machine."""
+# --- the stages, built the same way by every engine ---------------------------------------
 
-    def __init__(self, cfg: PipelineConfig, ckpt: Checkpoint, model_path: Path, device: torch.device,
-                 threads: int | None = None) -> None:
+@dataclass(frozen=True)
+class Stages:
+    tiler: Tiler
+    detector: FrameDetector
+    post: Postprocessor
+
+
+def build_stages(cfg: PipelineConfig, ckpt: Checkpoint, device: torch.device) -> Stages:
+    """The per-frame stages for a config and checkpoint: one model, loaded once, on ``device``."""
+    classes = ckpt.classes
+    det = cfg.detector
+    model_cfg = ckpt.model_config.model_copy(update={
+        k: v for k, v in {"rpn_post_nms_top_n": det.proposals_per_tile,
+                          "rpn_pre_nms_top_n": det.candidates_per_level}.items() if v is not None})
+    model = ckpt.replace_config(model_cfg).build(device, tile_size=cfg.tiling.tile_size)
+    amp = {"auto": None, "fp32": False, "bf16": True}[det.precision]
+    predictor = TilePredictor(model, classes, device, classes.threshold_array(cfg.filter.score_threshold),
+                              masks_for_non_plankton=cfg.filter.keep_non_plankton, batch_size=det.batch_tiles,
+                              amp=amp)
+    return Stages(Tiler(cfg.tiling, cfg.instrument.polarity, det.component_proposals),
+                  FrameDetector(predictor, cfg.stitch),
+                  Postprocessor(classes, cfg.filter, cfg.measure, cfg.instrument.polarity))
+
+
+@dataclass
+class FrameOutput:
+    """What one frame adds to a shard: its object rows, COCO entries and frame-table row."""
+
+    table: pa.Table
+    image: dict
+    annotations: list[dict]
+    frame_row: dict
+
+
+class RowMaker:
+    """Measured detections → a frame's rows (positions and per-object times added) and counts.
+
+    The last stage before writing; both engines run it, so their shards hold the same rows.
+    """
+
+    def __init__(self, cruise_dir: Path, locator: Locator, classes: ClassMap, line_rate_hz: float | None) -> None:
+        self.cruise_dir = Path(cruise_dir)
+        self.locator = locator
+        self.names = list(classes.names)
+        self.line_rate_hz = line_rate_hz
+        self._plankton = np.array([False, *classes.is_plankton])
+
+    def __call__(self, tf: TiledFrame, kept: Detections, cols: dict[str, np.ndarray], counts: FrameCounts,
+                 capped: int, shard: int = -1) -> tuple[FrameOutput, FrameSummary]:
+        rel = _rel(tf.frame.path, self.cruise_dir)
+        t_frame = epoch_seconds([tf.frame.timestamp])[0]
+        at_frame = self.locator.frame(t_frame, rel)
+        times = self._object_times(t_frame, cols["centroid_y"])
+        pos = self.locator(times)
+        table = object_rows(kept, self.names, self._plankton[kept.labels], rel,
+                            pd.to_datetime(times, unit="s", utc=True).round("us"), pos.lat, pos.lon, pos.depth_m, cols)
+        out = FrameOutput(table, coco_image(kept, rel), coco_annotations(kept, table.column("object_id").to_pylist()),
+                          _frame_row(rel, tf, counts, self.names, shard, at_frame))
+        per_label = np.bincount(kept.labels, minlength=len(self.names) + 1)[1:]
+        summary = FrameSummary(rel, counts.tiles, counts.tiles_run, capped, _named(counts.per_class[1:], self.names),
+                               _named(per_label, self.names), not np.isfinite(at_frame.lat[0]),
+                               not np.isfinite(at_frame.depth_m[0]))
+        return out, summary
+
+    def _object_times(self, t_frame: float, centroid_y: np.ndarray) -> np.ndarray:
+        """UTC seconds per object: its own line's time on a line-scan camera, else the frame's."""
+        if self.line_rate_hz is None:
+            return np.full(len(centroid_y), t_frame)
+        return t_frame + np.asarray(centroid_y, np.float64) / self.line_rate_hz
+
+
+def _named(counts: np.ndarray, names: list[str]) -> dict[str, int]:
+    return {names[k]: int(n) for k, n in enumerate(counts) if n}
+
+
+# --- what every engine shares: identity, resumption, manifest ------------------------------
+
+@dataclass
+class RunPlan:
+    """A run about to start: what is left to do and where its shards begin."""
+
+    cruise_dir: Path
+    out_dir: Path
+    manifest_path: Path
+    ident: dict
+    todo: list[FrameInfo]
+    first_shard: int
+    locator: Locator
+    stats: RunStats
+    started: float
+
+
+class RunnerBase:
+    """Identity, resumption, manifest and totals, the same whatever engine runs the stages."""
+
+    engine = "local"
+
+    def __init__(self, cfg: PipelineConfig, ckpt: Checkpoint, model_path: Path, device: torch.device) -> None:
         self.cfg = cfg
         self.ckpt = ckpt
-        self.model_path = model_path
+        self.model_path = Path(model_path)
         self.device = device
-        if threads:
-            torch.set_num_threads(threads)
-        classes = ckpt.classes
-        det = cfg.detector
-        model_cfg = ckpt.model_config.model_copy(update={
-            k: v for k, v in {"rpn_post_nms_top_n": det.proposals_per_tile,
-                              "rpn_pre_nms_top_n": det.candidates_per_level}.items() if v is not None})
-        model = ckpt.replace_config(model_cfg).build(device, tile_size=cfg.tiling.tile_size)
-        amp = {"auto": None, "fp32": False, "bf16": True}[det.precision]
-        self.tiler = Tiler(cfg.tiling, cfg.instrument.polarity, cfg.detector.component_proposals)
-        self.detector = FrameDetector(
-            TilePredictor(model, classes, device, classes.threshold_array(cfg.filter.score_threshold),
-                          masks_for_non_plankton=cfg.filter.keep_non_plankton, batch_size=det.batch_tiles, amp=amp),
-            cfg.stitch)
-        self.post = Postprocessor(classes, cfg.filter, cfg.measure, cfg.instrument.polarity)
-        self.names = list(classes.names)
+        self.names = list(ckpt.classes.names)
+        self.capacity = ckpt.model_config.detections_per_tile
 
     def identity(self) -> dict:
-        """What must not change between a run and its resumption."""
-        return {"config": dump_config(self.cfg), "model_sha256": file_sha256(self.model_path)}
+        """What must not change between a run and its resumption (how it runs may: no ``engine`` section)."""
+        config = dump_config(self.cfg)
+        config.pop("engine", None)
+        return {"config": config, "model_sha256": file_sha256(self.model_path)}
 
-    def run(self, cruise_dir: Path, out_dir: Path, force: bool = False,
-            on_frame: Callable[[RunStats, int], None] | None = None, limit: int | None = None) -> RunStats:
+    def engine_info(self) -> dict:
+        return {"name": self.engine}
+
+    def _start(self, cruise_dir: Path, out_dir: Path, force: bool, limit: int | None) -> RunPlan:
+        """Check the output folder, list the frames left to do, write the opening manifest."""
         t0 = time.time()
         cruise_dir, out_dir = Path(cruise_dir), Path(out_dir)
         manifest_path = out_dir / "manifest.json"
         ident = self.identity()
         done = self._check_previous(manifest_path, ident, force, out_dir)
         _remove_temporaries(out_dir)
+        _remove_unfinished_shards(out_dir)
         frames = find_frames(cruise_dir, self.cfg.instrument, exclude=[out_dir])
         if not frames:
             raise RunError(f"{cruise_dir}: no frames found (looked for {', '.join(self.cfg.instrument.extensions)} "
@@ -124,73 +254,16 @@ class LocalRunner:
         todo = [f for f in frames if _rel(f.path, cruise_dir) not in done]
         if limit is not None:
             todo = todo[:limit]
-        shard = _next_shard(out_dir)
-        locator = Locator.from_cruise(cruise_dir, self.cfg.geo)
-        source = FrameSource(todo)
-        buf = _ShardBuffer()
+        plan = RunPlan(cruise_dir, out_dir, manifest_path, ident, todo, _next_shard(out_dir),
+                       Locator.from_cruise(cruise_dir, self.cfg.geo), stats, t0)
         self._write_manifest(manifest_path, ident, cruise_dir, stats, final=False)
-        clock = stats.stage_seconds
-        frames_iter = iter(source)
-        while True:
-            with _timed(clock, "decode"):
-                item = next(frames_iter, None)
-            if item is None:
-                break
-            frame, image = item
-            with _timed(clock, "tile"):
-                tf = self.tiler(frame, image)
-            dets, capped = self.detector(tf, clock)
-            with _timed(clock, "measure"):
-                kept, cols, counts = self.post(dets, image)
-            with _timed(clock, "write"):
-                rel = _rel(frame.path, cruise_dir)
-                t_frame = epoch_seconds([frame.timestamp])[0]
-                at_frame = locator.frame(t_frame, rel)
-                times = self._object_times(t_frame, cols["centroid_y"])
-                pos = locator(times)
-                plank = np.array([False, *self.ckpt.classes.is_plankton])[kept.labels]
-                table = object_rows(kept, self.names, plank, rel, pd.to_datetime(times, unit="s", utc=True).round("us"),
-                                    pos.lat, pos.lon, pos.depth_m, cols)
-                buf.add(table, coco_image(kept, rel), coco_annotations(kept, table.column("object_id").to_pylist()),
-                        _frame_row(rel, tf, counts, self.names, shard, at_frame))
-                if buf.objects >= self.cfg.output.shard_objects or buf.frames >= self.cfg.output.shard_frames:
-                    buf.flush(out_dir, shard)
-                    shard += 1
-            self._count(stats, counts, capped, kept)
-            stats.frames_done += 1
-            if on_frame:
-                on_frame(stats, len(kept))
-        if buf.frames:
-            with _timed(clock, "write"):
-                buf.flush(out_dir, shard)
-        stats.skipped = source.skipped
-        stats.geo = locator.describe()
-        locator.warn_coverage()
-        stats.seconds = time.time() - t0
-        self._finish(out_dir, cruise_dir, manifest_path, ident, stats)
-        return stats
+        return plan
 
-    def _object_times(self, t_frame: float, centroid_y: np.ndarray) -> np.ndarray:
-        """UTC seconds per object: its own line's time on a line-scan camera, else the frame's."""
-        rate = self.cfg.instrument.line_rate_hz
-        if rate is None:
-            return np.full(len(centroid_y), t_frame)
-        return t_frame + np.asarray(centroid_y, np.float64) / rate
-
-    def _count(self, stats: RunStats, counts, capped: int, kept) -> None:
-        stats.tiles += counts.tiles
-        stats.tiles_run += counts.tiles_run
-        stats.capped_tiles += capped
-        stats.objects += len(kept)
-        for k, n in enumerate(counts.per_class[1:]):
-            if n:
-                stats.per_class[self.names[k]] = stats.per_class.get(self.names[k], 0) + int(n)
-        for lb in kept.labels:
-            name = self.names[lb - 1]
-            stats.written_per_class[name] = stats.written_per_class.get(name, 0) + 1
-        if capped:
+    def _account(self, stats: RunStats, summary: FrameSummary) -> None:
+        stats.add(summary)
+        if summary.capped:
             log.warning("%s: %d tile(s) reached detections_per_tile=%d; raise it in the model config",
-                        kept.frame.path if kept.frame else "?", capped, self.detector.predictor.capacity)
+                        summary.path, summary.capped, self.capacity)
 
     def _check_previous(self, manifest_path: Path, ident: dict, force: bool, out_dir: Path) -> set[str]:
         if not manifest_path.exists():
@@ -222,6 +295,7 @@ class LocalRunner:
             "model": {"path": str(self.model_path), "sha256": ident["model_sha256"], "demo": self.ckpt.demo,
                       "classes": self.ckpt.classes.to_dict()},
             "device": str(self.device),
+            "engine": self.engine_info(),
             "frames": {"found": stats.frames_found, "done_this_run": stats.frames_done,
                        "done_before": stats.frames_resumed,
                        "skipped": [{"path": str(s.path), "reason": s.reason} for s in stats.skipped]},
@@ -234,8 +308,12 @@ class LocalRunner:
             "stage_seconds": {k: round(v, 3) for k, v in stats.stage_seconds.items()},
         })
 
-    def _finish(self, out_dir: Path, cruise_dir: Path, manifest_path: Path, ident: dict, stats: RunStats) -> None:
+    def _finish(self, plan: RunPlan) -> None:
         """Merge COCO shards; after a resume, the manifest's counts cover every run, from the frame tables."""
+        stats, out_dir = plan.stats, plan.out_dir
+        stats.geo = plan.locator.describe()
+        plan.locator.warn_coverage()
+        stats.seconds = time.time() - plan.started
         if stats.frames_resumed:
             stats.per_class, stats.written_per_class, stats.objects = _totals(out_dir)
             stats.geo.update(_coverage(out_dir))
@@ -243,8 +321,77 @@ class LocalRunner:
         shards = sorted((out_dir / "coco").glob("part-*.json"))
         if self.cfg.output.coco:
             merge_coco_shards(shards, cats, out_dir / "predictions.coco.json",
-                              {"description": f"segplank {__version__} predictions", "cruise_dir": str(cruise_dir)})
-        self._write_manifest(manifest_path, ident, cruise_dir, stats, final=True)
+                              {"description": f"segplank {__version__} predictions",
+                               "cruise_dir": str(plan.cruise_dir)})
+        self._write_manifest(plan.manifest_path, plan.ident, plan.cruise_dir, stats, final=True)
+
+
+# --- the local engine -----------------------------------------------------------------------
+
+class LocalRunner(RunnerBase):
+    """Run a cruise through the stages on one machine.
+
+    ``decode_workers`` processes decode and tile frames ahead (0: in this process); shards are
+    written on a background thread, with at most ``write_queue`` flushes pending. Neither
+    changes the output: frames are processed and written in the same order whatever they are.
+    """
+
+    def __init__(self, cfg: PipelineConfig, ckpt: Checkpoint, model_path: Path, device: torch.device,
+                 threads: int | None = None, decode_workers: int = 0, write_queue: int = 1) -> None:
+        super().__init__(cfg, ckpt, model_path, device)
+        if threads:
+            torch.set_num_threads(threads)
+        stages = build_stages(cfg, ckpt, device)
+        self.tiler, self.detector, self.post = stages.tiler, stages.detector, stages.post
+        self.decode_workers = decode_workers
+        self.write_queue = write_queue
+
+    def engine_info(self) -> dict:
+        return {"name": self.engine, "decode_workers": self.decode_workers}
+
+    def run(self, cruise_dir: Path, out_dir: Path, force: bool = False,
+            on_frame: Callable[[RunStats, int], None] | None = None, limit: int | None = None) -> RunStats:
+        plan = self._start(cruise_dir, out_dir, force, limit)
+        stats = plan.stats
+        clock = stats.stage_seconds
+        rows = RowMaker(plan.cruise_dir, plan.locator, self.ckpt.classes, self.cfg.instrument.line_rate_hz)
+        # workers fork before the writer's thread exists
+        frames = prefetch(plan.todo, self.tiler, self.decode_workers, pin_memory=self.device.type == "cuda")
+        shard, buf = plan.first_shard, _ShardBuffer()
+        with closing(frames), ShardWriter(plan.out_dir, self.write_queue) as writer:
+            while True:
+                with _timed(clock, "wait") if self.decode_workers else _untimed():
+                    item = next(frames, None)
+                if item is None:
+                    break
+                if isinstance(item, SkippedFrame):
+                    stats.skipped.append(item)
+                    continue
+                _add_counts(clock, item.seconds)
+                n = self._frame(item.tf, rows, buf, shard, stats)
+                if buf.objects >= self.cfg.output.shard_objects or buf.frames >= self.cfg.output.shard_frames:
+                    writer.submit(buf, shard)
+                    shard, buf = shard + 1, _ShardBuffer()
+                if on_frame:
+                    on_frame(stats, n)
+            if buf.frames:
+                writer.submit(buf, shard)
+        _add_counts(clock, {"write": writer.seconds})
+        self._finish(plan)
+        return stats
+
+    def _frame(self, tf: TiledFrame, rows: RowMaker, buf: "_ShardBuffer", shard: int, stats: RunStats) -> int:
+        """One frame through model, stitching, measurement and rows; returns its object count."""
+        clock = stats.stage_seconds
+        with torch.inference_mode():
+            dets, capped = self.detector(tf, clock)
+            with _timed(clock, "measure"):
+                kept, cols, counts = self.post(dets, tf.image)
+        with _timed(clock, "write"):
+            out, summary = rows(tf, kept, cols, counts, capped, shard)
+            buf.add(out)
+        self._account(stats, summary)
+        return len(kept)
 
 
 @dataclass
@@ -259,12 +406,12 @@ class _ShardBuffer:
     def frames(self) -> int:
         return len(self.frame_rows)
 
-    def add(self, table: pa.Table, image: dict, anns: list[dict], frame_row: dict) -> None:
-        self.tables.append(table)
-        self.images.append(image)
-        self.annotations.extend(anns)
-        self.frame_rows.append(frame_row)
-        self.objects += table.num_rows
+    def add(self, out: FrameOutput) -> None:
+        self.tables.append(out.table)
+        self.images.append(out.image)
+        self.annotations.extend(out.annotations)
+        self.frame_rows.append(out.frame_row)
+        self.objects += out.table.num_rows
 
     def flush(self, out_dir: Path, shard: int) -> None:
         """Objects and COCO first, the frame table last: it is what marks frames as done."""
@@ -275,7 +422,62 @@ class _ShardBuffer:
             r["shard"] = shard
         with atomic_path(out_dir / "frames" / f"{name}.parquet") as tmp:
             pq.write_table(pa.Table.from_pylist(self.frame_rows, schema=FRAME_SCHEMA), tmp)
-        self.__init__()
+
+
+class ShardWriter:
+    """Writes shards in order on one background thread, so the model runs while a shard is written.
+
+    At most ``pending`` flushes are queued or in progress (memory stays bounded). A failed
+    write stops the writer (no later shard may land without it) and its error is raised in the
+    caller's thread, at the next ``submit`` or at ``close``. Each shard keeps the resume rule:
+    objects, COCO, then the frame table.
+    """
+
+    def __init__(self, out_dir: Path, pending: int = 1) -> None:
+        self.out_dir = Path(out_dir)
+        self.pending = max(1, pending)
+        self.seconds = 0.0  # spent writing, on the writer's thread
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segplank-shards")
+        self._queue: deque[Future] = deque()
+        self._failed = False
+
+    def submit(self, buf: _ShardBuffer, shard: int) -> None:
+        """Queue a full buffer (the caller starts a new one); waits while ``pending`` are queued."""
+        while self._queue and (self._queue[0].done() or len(self._queue) >= self.pending):
+            self._queue.popleft().result()  # raises the writer's error here
+        self._queue.append(self._pool.submit(self._write, buf, shard))
+
+    def close(self) -> None:
+        """Wait for every queued shard; raise the first write error."""
+        try:
+            while self._queue:
+                self._queue.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # the run is failing already: finish what is queued, keep the first error
+            self.close()
+        except Exception as e:
+            log.error("writing a shard failed as well: %s", e)
+
+    def _write(self, buf: _ShardBuffer, shard: int) -> None:
+        if self._failed:
+            return
+        t = time.perf_counter()
+        try:
+            buf.flush(self.out_dir, shard)
+        except BaseException:
+            self._failed = True
+            raise
+        finally:
+            self.seconds += time.perf_counter() - t
 
 
 @contextmanager
@@ -285,6 +487,11 @@ def _timed(clock: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         clock[stage] = clock.get(stage, 0.0) + time.perf_counter() - t
+
+
+@contextmanager
+def _untimed() -> Iterator[None]:
+    yield
 
 
 def _frame_row(rel: str, tf, counts, names: list[str], shard: int, pos: Position) -> dict:
@@ -328,9 +535,13 @@ def _done_frames(out_dir: Path) -> set[str]:
     return done
 
 
+def _shard_number(path: Path) -> int:
+    return int(path.name.split(".")[0].split("-")[1])
+
+
 def _next_shard(out_dir: Path) -> int:
-    parts = sorted((out_dir / "frames").glob("part-*.parquet"))
-    return int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+    """One past the highest finished shard (by number: names outgrow their zero padding)."""
+    return max((_shard_number(p) + 1 for p in (out_dir / "frames").glob("part-*.parquet")), default=0)
 
 
 def _remove_temporaries(out_dir: Path) -> None:
@@ -338,6 +549,17 @@ def _remove_temporaries(out_dir: Path) -> None:
     for sub in ("", "objects", "coco", "frames"):
         for p in (out_dir / sub).glob(".*.tmp"):
             p.unlink(missing_ok=True)
+
+
+def _remove_unfinished_shards(out_dir: Path) -> None:
+    """Object and COCO shards without their frame table: a run stopped while writing them, so
+    their frames are not done and will be redone (several can be left when shards are
+    written in parallel, as under Ray)."""
+    finished = {_shard_number(p) for p in (out_dir / "frames").glob("part-*.parquet")}
+    for sub, ext in (("objects", "parquet"), ("coco", "json")):
+        for p in (out_dir / sub).glob(f"part-*.{ext}"):
+            if _shard_number(p) not in finished:
+                p.unlink(missing_ok=True)
 
 
 def _clear(out_dir: Path) -> None:

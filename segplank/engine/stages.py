@@ -27,7 +27,7 @@ class TiledFrame:
     image: np.ndarray  # the decoded frame, original grey levels
     windows: np.ndarray  # (T, 4) the whole grid
     run: np.ndarray  # (R,) indices of tiles that go to the model
-    tiles: np.ndarray  # (R, S, S) float32 model input
+    tiles: np.ndarray | torch.Tensor | None  # (R, S, S) float32 model input (pinned tensor on CUDA; None: planned only)
     proposals: list[np.ndarray] | None = None  # (R,) extra box proposals per tile run, tile pixels
 
 
@@ -40,6 +40,14 @@ class Tiler:
         self.component_proposals = component_proposals
 
     def __call__(self, frame: FrameInfo, image: np.ndarray) -> TiledFrame:
+        return self.crop(self.plan(frame, image))
+
+    def plan(self, frame: FrameInfo, image: np.ndarray) -> TiledFrame:
+        """The grid, the tiles worth running and their proposals, without the model input.
+
+        A planned frame is the decoded frame plus a few small arrays: cheaper to ship between
+        processes (Ray) than its float32 tiles, which ``crop`` makes where the model runs.
+        """
         c = self.cfg
         h, w = image.shape
         windows = tile_grid(h, w, c.tile_size, c.overlap)
@@ -51,10 +59,18 @@ class Tiler:
             run = np.arange(len(windows))
         proposals = (tile_proposals(component_boxes(fg, c.downsample, c.fg_min_pixels), windows[run])
                      if self.component_proposals else None)
-        x = to_model_input(image, self.polarity)
-        tiles = crop_tiles(x, windows[run], c.tile_size) if len(run) else np.zeros((0, c.tile_size, c.tile_size), np.float32)
         frame = replace(frame, tiles=windows, height=h, width=w)
-        return TiledFrame(frame, image, windows, run, tiles, proposals)
+        return TiledFrame(frame, image, windows, run, None, proposals)
+
+    def crop(self, tf: TiledFrame) -> TiledFrame:
+        """The planned frame with its model input (the tiles to run, float32)."""
+        if tf.tiles is not None:
+            return tf
+        size = self.cfg.tile_size
+        if not len(tf.run):
+            return replace(tf, tiles=np.zeros((0, size, size), np.float32))
+        x = to_model_input(tf.image, self.polarity)
+        return replace(tf, tiles=crop_tiles(x, tf.windows[tf.run], size))
 
 
 @dataclass

@@ -46,7 +46,7 @@ from pycocotools import mask as mask_utils
 
 from .export.atomic import write_json
 from .export.coco import coco_categories
-from .runs import read_manifest, read_objects
+from .runs import frames_root, read_manifest, read_objects
 
 log = logging.getLogger("segplank")
 
@@ -81,7 +81,7 @@ def export_for_annotation(run_dir: Path, out: Path, *, unit: Unit = "frame", til
     table = _objects(run_dir, manifest, include_non_plankton)
     records: list[tuple[dict, list[dict]]] = []
     if len(table):
-        root = find_frames_root(manifest, run_dir, cruise_dir, list(pd.unique(table["frame_path"]))[:50])
+        root = frames_root(manifest, run_dir, cruise_dir, list(pd.unique(table["frame_path"]))[:50])
         for fp, rows in table.groupby("frame_path", sort=False):
             records += _frame_records(root, str(fp), rows, out, unit, tile_size, flat=uncertain_first)
     if uncertain_first:
@@ -102,21 +102,6 @@ def _objects(run_dir: Path, manifest: dict, include_non_plankton: bool) -> pd.Da
         log.warning("%s was run without --keep-non-plankton: it holds no non-plankton predictions, so annotators "
                     "see plankton predictions only (every class is still offered for relabelling)", run_dir)
     return table.sort_values(["frame_index", "frame_path", "object_id"], kind="stable").reset_index(drop=True)
-
-
-def find_frames_root(manifest: dict, run_dir: Path, cruise_dir: Path | None, frames: list[str]) -> Path:
-    """The folder the run's frame paths are relative to: the first candidate holding one of
-    ``frames`` (the manifest's cruise_dir may be relative to where `infer` ran)."""
-    if cruise_dir is not None:
-        candidates = [Path(cruise_dir)]
-    else:
-        given = Path(str(manifest.get("cruise_dir", "")))
-        candidates = [given] if given.is_absolute() else [Path.cwd() / given, run_dir.parent / given, run_dir / given]
-    for root in candidates:
-        if any((root / fp).is_file() for fp in frames):  # an absolute frame path ignores the root
-            return root
-    raise FileNotFoundError(f"frame {frames[0]} not found below {', '.join(map(str, candidates))}: "
-                            "pass the cruise folder (cruise_dir=... or --cruise-dir)")
 
 
 def box_masks(rows: pd.DataFrame) -> list[np.ndarray]:
@@ -304,5 +289,5 @@ def _coco(records: list[tuple[dict, list[dict]]], classes: list[dict], run_dir: 
     return {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
 
 
-__all__ = ["AnnotationExportError", "export_for_annotation", "find_frames_root", "box_masks", "model_scale_8bit",
+__all__ = ["AnnotationExportError", "export_for_annotation", "box_masks", "model_scale_8bit",
            "tile_windows", "image_uncertainty", "image_stem", "clip_to_window", "mask_polygons"]

@@ -48,10 +48,10 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .annotate import box_masks, find_frames_root
+from .annotate import box_masks
 from .export.atomic import write_json
 from .export.rle import encode_in_frame
-from .runs import read_manifest, read_objects
+from .runs import frames_root, read_manifest, read_objects
 
 log = logging.getLogger("segplank")
 
@@ -243,7 +243,7 @@ def _write_frames(objects: pd.DataFrame, run_dirs: list[Path], cruise_dir: Path 
     unreadable = 0
     for k, run_objects in objects.groupby("run", sort=True):
         run = Path(run_dirs[k])
-        root = find_frames_root(read_manifest(run), run, cruise_dir, list(pd.unique(run_objects["frame_path"]))[:50])
+        root = frames_root(read_manifest(run), run, cruise_dir, list(pd.unique(run_objects["frame_path"]))[:50])
         for fp, rows in run_objects.groupby("frame_path", sort=False):
             src = root / str(fp)
             try:

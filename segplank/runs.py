@@ -41,6 +41,21 @@ def read_frames(run_dir: Path, columns: list[str] | None = None) -> pd.DataFrame
     return _read(Path(run_dir) / "frames", columns)
 
 
+def frames_root(manifest: dict, run_dir: Path, cruise_dir: Path | None, frames: list[str]) -> Path:
+    """The folder the run's frame paths are relative to: the first candidate holding one of
+    ``frames`` (the manifest's cruise_dir may be relative to where `infer` ran)."""
+    if cruise_dir is not None:
+        candidates = [Path(cruise_dir)]
+    else:
+        given = Path(str(manifest.get("cruise_dir", "")))
+        candidates = [given] if given.is_absolute() else [Path.cwd() / given, run_dir.parent / given, run_dir / given]
+    for root in candidates:
+        if any((root / fp).is_file() for fp in frames):  # an absolute frame path ignores the root
+            return root
+    raise FileNotFoundError(f"frame {frames[0]} not found below {', '.join(map(str, candidates))}: "
+                            "pass the cruise folder (cruise_dir=... or --cruise-dir)")
+
+
 def rewrite_shards(run_dir: Path, kind: str, fn: Callable[[pd.DataFrame], pd.DataFrame]) -> int:
     """Apply ``fn`` to each shard of ``objects`` or ``frames`` and replace it atomically; rows rewritten.
 

@@ -45,3 +45,19 @@ def small_cruise(tmp_path_factory):
 
 def coco(path):
     return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def kept_run(tmp_path_factory, small_cruise, tiny_checkpoint):
+    """A real run of the tiny model: every object written (score threshold 0), non-plankton kept."""
+    from typer.testing import CliRunner
+
+    from segplank.cli import app
+
+    d = tmp_path_factory.mktemp("kept_run")
+    cfg = d / "cfg.yaml"
+    cfg.write_text("tiling:\n  tile_size: 256\n  overlap: 32\nfilter:\n  score_threshold: 0.0\n")
+    r = CliRunner().invoke(app, ["infer", str(small_cruise), "-o", str(d / "run"), "--model", str(tiny_checkpoint),
+                                 "--config", str(cfg), "--keep-non-plankton"])
+    assert r.exit_code == 0, r.output
+    return d / "run"

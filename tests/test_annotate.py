@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from typer.testing import CliRunner
 
 from segplank.annotate import (clip_to_window, export_for_annotation, image_stem, image_uncertainty, mask_polygons,
                                tile_windows)
-from segplank.cli import app
 from segplank.config import TrainConfig
 from segplank.model.checkpoint import load_checkpoint
 from segplank.runs import read_objects, rewrite_shards
@@ -24,15 +22,8 @@ TRAIN = TrainConfig(model=TINY, chip_size=128, batch_size=1, iterations=1, warmu
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, small_cruise, tiny_checkpoint):
-    """A real run: every object written (score threshold 0), non-plankton kept."""
-    d = tmp_path_factory.mktemp("annotate")
-    cfg = d / "cfg.yaml"
-    cfg.write_text("tiling:\n  tile_size: 256\n  overlap: 32\nfilter:\n  score_threshold: 0.0\n")
-    r = CliRunner().invoke(app, ["infer", str(small_cruise), "-o", str(d / "run"), "--model", str(tiny_checkpoint),
-                                 "--config", str(cfg), "--keep-non-plankton"])
-    assert r.exit_code == 0, r.output
-    return d / "run"
+def run(kept_run):
+    return kept_run
 
 
 def _parquet_masks(run) -> dict[str, tuple[int, int, np.ndarray]]:

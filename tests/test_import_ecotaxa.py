@@ -7,9 +7,7 @@ import zipfile
 import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from typer.testing import CliRunner
 
-from segplank.cli import app
 from segplank.config import TrainConfig
 from segplank.import_ecotaxa import EcoTaxaImportError, import_ecotaxa, is_non_living, read_export
 from segplank.model.checkpoint import load_checkpoint
@@ -23,14 +21,8 @@ HEADER = ["object_id", "object_annotation_status", "object_annotation_category",
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, small_cruise, tiny_checkpoint):
-    d = tmp_path_factory.mktemp("ecotaxa_import")
-    cfg = d / "cfg.yaml"
-    cfg.write_text("tiling:\n  tile_size: 256\n  overlap: 32\nfilter:\n  score_threshold: 0.0\n")
-    r = CliRunner().invoke(app, ["infer", str(small_cruise), "-o", str(d / "run"), "--model", str(tiny_checkpoint),
-                                 "--config", str(cfg), "--keep-non-plankton"])
-    assert r.exit_code == 0, r.output
-    return d / "run"
+def run(kept_run):
+    return kept_run
 
 
 def _ids(run) -> list[list[str]]:

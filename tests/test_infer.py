@@ -4,7 +4,6 @@ import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from pycocotools.coco import COCO
 from typer.testing import CliRunner
 

@@ -53,6 +53,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from .atomic import atomic_path, write_json
+from ..runs import frames_root
 
 log = logging.getLogger("segplank")
 
@@ -129,7 +130,7 @@ def export_ecotaxa(run_dir: Path, out: Path | None = None, *, sample_by: SampleB
     written: list[Path] = []
     if len(table):
         table["_sample"] = _assign_samples(table, run_dir, sample_by, window_minutes, cast_min_range_m, project)
-        root = _frames_root(manifest, run_dir, cruise_dir, list(pd.unique(table["frame_path"]))[:50])
+        root = frames_root(manifest, run_dir, cruise_dir, list(pd.unique(table["frame_path"]))[:50])
         written = _write_samples(table, root, out, settings, compute)
     _replace_record(out, written, {"run_dir": str(run_dir), "sample_by": sample_by, "objects": int(len(table))})
     return written
@@ -276,21 +277,6 @@ def _depth_record(run_dir: Path, table: pd.DataFrame) -> tuple[np.ndarray, np.nd
 
 
 # --- frames and vignettes ----------------------------------------------------------------
-
-def _frames_root(manifest: dict, run_dir: Path, cruise_dir: Path | None, frames: list[str]) -> Path:
-    """The folder the table's frame paths are relative to: the first candidate holding one
-    of ``frames`` (the manifest's cruise_dir may be relative to where `infer` ran)."""
-    if cruise_dir is not None:
-        candidates = [Path(cruise_dir)]
-    else:
-        given = Path(str(manifest.get("cruise_dir", "")))
-        candidates = [given] if given.is_absolute() else [Path.cwd() / given, run_dir.parent / given, run_dir / given]
-    for root in candidates:
-        if any((root / fp).is_file() for fp in frames):  # an absolute frame path ignores the root
-            return root
-    raise FileNotFoundError(f"frame {frames[0]} not found below {', '.join(map(str, candidates))}: "
-                            "pass the cruise folder (cruise_dir=... or --cruise-dir) to cut the vignettes")
-
 
 def to_8bit(image: np.ndarray) -> np.ndarray:
     """8-bit frames as recorded; deeper ones stretched between their 0.1 and 99.9 percentiles."""

@@ -91,6 +91,8 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
                                                 "(default: RAY_ADDRESS, else Ray starts on this machine)."),
           decode_workers: Optional[int] = typer.Option(None, "--decode-workers", min=0,
                                                        help="Processes decoding frames ahead (local engine; 0: none)."),
+          stream: Optional[bool] = typer.Option(None, "--stream/--no-stream", help="Line-scan frames as one stream: objects "
+                                                "across frame cuts come out once, whole (default: the config's stream.enabled)."),
           verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
     """Detect, segment, classify, measure and write every object of a cruise. Reruns resume."""
     from .config import ConfigError, load_config
@@ -104,6 +106,8 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
     overrides = {"device": device}
     if keep_non_plankton:
         overrides["filter"] = {"keep_non_plankton": True}
+    if stream is not None:
+        overrides["stream"] = {"enabled": stream}
     run_opts = {"kind": engine.value if engine else None, "ray_address": address, "decode_workers": decode_workers}
     if any(v is not None for v in run_opts.values()):
         overrides["engine"] = {k: v for k, v in run_opts.items() if v is not None}
@@ -144,17 +148,22 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
 
 def _runner(cfg, ckpt, model_path: Path, threads: Optional[int]):
     """The engine the config asks for; Ray is imported only for a Ray run."""
-    e = cfg.engine
+    e, st = cfg.engine, cfg.stream
     if e.kind == "ray":
+        from .engine.local import RunError
         from .engine.ray_engine import RayRunner
 
+        if st.enabled:
+            raise RunError("the Ray engine does not stitch line streams yet: use --engine local with --stream")
         return RayRunner(cfg, ckpt, model_path, address=e.ray_address, actors=e.ray_actors,
                          actor_cpus=threads or e.ray_actor_cpus, batch_frames=e.ray_batch_frames,
                          frames_per_block=e.ray_frames_per_block)
     from .engine.local import LocalRunner, resolve_device
 
     return LocalRunner(cfg, ckpt, model_path, resolve_device(cfg.device), threads,
-                       decode_workers=e.decode_workers, write_queue=e.write_queue)
+                       decode_workers=e.decode_workers, write_queue=e.write_queue, stream=st.enabled,
+                       stream_band=st.band, stream_match_iou=st.match_iou, max_gap_s=st.max_gap_s,
+                       max_open_frames=st.max_open_frames)
 
 
 def _summary(stats, output: Path) -> None:
@@ -257,8 +266,8 @@ def demo(out_dir: Path = typer.Argument(Path("demo_out"), help="Where to write t
         # 1024² frames 25 s apart: a dozen frames span most of a tow-yo, so the profile has depths
         out.print(str(make_cruise(cruise, frames, seed, size=(1024, 1024), frame_rate_hz=0.04)))
     infer(cruise, output=results, model=None, config=None, device="auto", keep_non_plankton=False,
-          force=True, limit=None, threads=None, engine=None, address=None, decode_workers=None,
-              verbose=False)
+          force=True, limit=None, threads=None, engine=None, address=None, decode_workers=None, stream=None,
+          verbose=False)
     scores = object_match(cruise / "ground_truth.coco.json", results / "predictions.coco.json")
     out.print(f"against the ground truth (mask IoU ≥ 0.5): plankton recall {scores['plankton_recall']:.3f}, "
               f"plankton precision {scores['plankton_precision']:.3f} "
@@ -315,8 +324,8 @@ def evaluate_cmd(gt: Path = typer.Argument(..., help="Ground-truth COCO file of 
         if target_precision is not None:
             model_path = ckpt.with_thresholds(None).save(run_dir / "unthresholded.pt")
         infer(gt.parent, output=run_dir / "out", model=model_path, config=low, device="auto",
-              keep_non_plankton=target_precision is not None, force=True, limit=None, threads=None, engine=None, address=None, decode_workers=None,
-              verbose=False)
+              keep_non_plankton=target_precision is not None, force=True, limit=None, threads=None, engine=None,
+              address=None, decode_workers=None, stream=None, verbose=False)
         pred = run_dir / "out" / "predictions.coco.json"
     res = evaluate(gt, pred, out_dir, iou, min_score=min_score, target_precision=target_precision,
                    iou_types=("bbox", "segm") if coco else (), max_dets=(1, 100, max_dets))

@@ -38,7 +38,7 @@ class InstrumentConfig(_Section):
     # back to the index file or file order.
     timestamp_regex: str = r"(?P<ts>\d{8}_\d{6}_\d{3})"
     timestamp_format: str = "%Y%m%d_%H%M%S_%f"
-    extensions: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+    extensions: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".avi")  # an AVI: its frames, in order
     # line-scan cameras (ISIIS): lines per second. When set, an object's time is its frame's
     # start time + the row of its centroid / line_rate_hz, so position and depth are those of
     # its own line; None: every object takes its frame's time (UVP, or an unknown rate)
@@ -120,6 +120,20 @@ class GeoConfig(_Section):
     max_gap_s: float = Field(60.0, gt=0)  # no interpolation across a longer gap in a record: NaN there
 
 
+class StreamConfig(_Section):
+    """Line-scan cameras (ISIIS): consecutive frames are cuts of one stream of lines.
+
+    Enabled, an object cut by a frame boundary comes out once, whole, measured on all its
+    rows and attributed to the frame of its first line (segplank/stream.py).
+    """
+
+    enabled: bool = False
+    band: int = Field(2, ge=1, le=64)  # rows at each side of a cut where parts meet
+    match_iou: float = Field(0.3, gt=0, le=1)  # IoU of two parts' footprints on the cut that joins them
+    max_gap_s: float | None = Field(None, gt=0)  # a longer time jump ends the stream (None: 1.5 frame periods)
+    max_open_frames: int = Field(4, ge=2)  # an object still open after this many frames is closed, with a warning
+
+
 class EngineConfig(_Section):
     """How a run executes, never what it computes: left out of the run's identity, so a run
     may be resumed with other values here, or under the other engine."""
@@ -145,6 +159,7 @@ class PipelineConfig(_Section):
     measure: MeasureConfig = MeasureConfig()
     output: OutputConfig = OutputConfig()
     geo: GeoConfig = GeoConfig()
+    stream: StreamConfig = StreamConfig()
     engine: EngineConfig = EngineConfig()
 
     @model_validator(mode="after")

@@ -20,7 +20,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -106,7 +106,11 @@ def find_frames(cruise_dir: Path, instrument: InstrumentConfig, exclude: Sequenc
     stamped = []
     for path in _image_files(root, instrument.extensions, exclude):
         ts = parse_timestamp(path, instrument)
-        stamped.append((path, ts if ts is not None else index.get(_index_key(root, path))))
+        ts = ts if ts is not None else index.get(_index_key(root, path))
+        if path.suffix.lower() in VIDEO_EXTENSIONS:
+            stamped += _video_frames(path, ts, instrument.frame_rate_hz)
+            continue
+        stamped.append((path, ts))
     stamped.sort(key=lambda item: (item[1] is None, item[1] or datetime.min.replace(tzinfo=_UTC), str(item[0])))
     return [FrameInfo(path=p, index=i, timestamp=ts, pixel_size_um=instrument.pixel_size_um)
             for i, (p, ts) in enumerate(stamped)]
@@ -166,11 +170,141 @@ def _image_files(root: Path, extensions: Sequence[str], exclude: Sequence[Path])
     return found
 
 
+# --- video files (ISIIS AVI): each video frame is a frame of the stream -------------------
+
+VIDEO_EXTENSIONS = (".avi",)
+
+
+def video_frame_path(video: Path, n: int) -> Path:
+    """The path naming frame ``n`` of a video: ``clip.avi/clip_000012`` (the video as a folder)."""
+    video = Path(video)
+    return video / f"{video.stem}_{n:06d}"
+
+
+def split_video_frame(path: Path) -> tuple[Path, int] | None:
+    """(video, frame number) of a path made by :func:`video_frame_path`, else None."""
+    path = Path(path)
+    if path.parent.suffix.lower() not in VIDEO_EXTENSIONS:
+        return None
+    head, _, num = path.name.rpartition("_")
+    return (path.parent, int(num)) if num.isdigit() and head == path.parent.stem else None
+
+
+def _video_frames(video: Path, start: datetime | None, frame_rate_hz: float) -> list[tuple[Path, datetime | None]]:
+    """(path, time) of each readable frame of a video; a video that cannot be read is logged, one line."""
+    try:
+        n, claimed = count_video_frames(video)
+    except FrameError as e:
+        log.warning("skipped %s: %s", video, e.reason)
+        return []
+    if claimed and n < claimed:
+        log.warning("%s: truncated video, %d of its %d frames are readable (%s)", video, n, claimed, _RECOPY)
+    step = timedelta(seconds=1.0 / frame_rate_hz)
+    return [(video_frame_path(video, k), None if start is None else start + k * step) for k in range(n)]
+
+
+def count_video_frames(video: Path) -> tuple[int, int]:
+    """(frames with data, frames the header claims; 0 if it does not say), without decoding."""
+    try:
+        import av
+    except ImportError:
+        cap = cv2.VideoCapture(str(video))
+        try:
+            if not cap.isOpened():
+                raise FrameError("not a readable video (OpenCV cannot open it; install PyAV: pip install av)")
+            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            return n, n
+        finally:
+            cap.release()
+    try:
+        with av.open(str(video)) as c:
+            if not c.streams.video:
+                raise FrameError("a video file without a video stream")
+            st = c.streams.video[0]
+            return sum(1 for p in c.demux(st) if p.size), int(st.frames or 0)
+    except FrameError:
+        raise
+    except Exception as e:
+        raise FrameError(f"not a readable video ({type(e).__name__}: {e}; {_RECOPY})") from None
+
+
+class _VideoReader:
+    """Sequential decoder of one video, kept open between frames (frames are read in order)."""
+
+    def __init__(self, video: Path) -> None:
+        import av
+
+        self.video = video
+        self.container = av.open(str(video))
+        self.frames = self.container.decode(self.container.streams.video[0])
+        self.next = 0
+
+    def read(self, n: int) -> np.ndarray:
+        for _ in range(n - self.next):
+            next(self.frames)
+        frame = next(self.frames)
+        self.next = n + 1
+        pixels = frame.to_ndarray()
+        if pixels.ndim == 2 or frame.format.name in ("gray", "gray16le", "gray16be"):
+            return pixels if pixels.ndim == 2 else pixels[..., 0]
+        return frame.to_ndarray(format="gray")
+
+    def close(self) -> None:
+        self.container.close()
+
+
+_open_video: list[_VideoReader] = []  # at most one per process: a decode cache, not shared state
+
+
+def read_video_frame(video: Path, n: int) -> np.ndarray:
+    """Frame ``n`` of a video as a 2-D grey array; FrameError if it cannot be decoded."""
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return _read_video_frame_opencv(video, n)
+    reader = _open_video[0] if _open_video else None
+    try:
+        if reader is None or reader.video != video or reader.next > n:
+            if reader is not None:
+                reader.close()
+                _open_video.clear()
+            reader = _VideoReader(video)
+            _open_video.append(reader)
+        return np.ascontiguousarray(reader.read(n))
+    except StopIteration:
+        _drop_reader()
+        raise FrameError(f"truncated video: frame {n} is missing ({_RECOPY})") from None
+    except Exception as e:
+        _drop_reader()
+        raise FrameError(f"truncated or corrupt video data at frame {n} ({type(e).__name__}; {_RECOPY})") from None
+
+
+def _drop_reader() -> None:
+    for r in _open_video:
+        r.close()
+    _open_video.clear()
+
+
+def _read_video_frame_opencv(video: Path, n: int) -> np.ndarray:
+    cap = cv2.VideoCapture(str(video))
+    try:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, n)
+        ok, pixels = cap.read()
+    finally:
+        cap.release()
+    if not ok or pixels is None:
+        raise FrameError(f"truncated or corrupt video data at frame {n} ({_RECOPY})")
+    return _to_grey(pixels, "BGR")
+
+
 # --- decoding ---------------------------------------------------------------------------
 
 def read_frame(path: Path) -> np.ndarray:
     """The frame as a 2-D uint8 or uint16 array; FrameError with the reason if unusable."""
     path = Path(path)
+    video = split_video_frame(path)
+    if video is not None and not path.exists():
+        return _to_grey(read_video_frame(*video), "RGB")
     head, size = _head(path)
     kind = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
     if kind is None:

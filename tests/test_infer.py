@@ -168,3 +168,16 @@ def test_choose_thresholds_reaches_target():
     assert choose_thresholds(recs, 0.75)["copepod"] == 0.6  # top 4: 3/4 right
     assert choose_thresholds(recs, 1.0)["copepod"] == 0.8
     assert choose_thresholds([("x", 0.3, False), ("x", 0.2, False)], 0.9)["x"] == 0.3
+
+
+def test_stream_option(tmp_path, small_cruise, tiny_checkpoint):
+    """--stream writes each frame once with the line-stream stitcher; Ray refuses it in one line."""
+    cfg = _cfg(tmp_path)
+    r = _infer(small_cruise, tmp_path / "s", tiny_checkpoint, cfg, "--stream", "--threads", "1")
+    assert r.exit_code == 0, r.output
+    man = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert man["config"]["stream"]["enabled"] and man["frames"]["done_this_run"] == 3
+    frames = pq.read_table(tmp_path / "s" / "frames").column("frame_path").to_pylist()
+    assert sorted(frames) == sorted(set(frames)) and len(frames) == 3
+    r = _infer(small_cruise, tmp_path / "r", tiny_checkpoint, cfg, "--stream", "--engine", "ray")
+    assert r.exit_code != 0 and "does not stitch line streams" in " ".join(r.output.split())

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -211,6 +211,7 @@ class RunPlan:
     locator: Locator
     stats: RunStats
     started: float
+    frames: list[FrameInfo] = field(default_factory=list)  # every frame found, done or not
 
 
 class RunnerBase:
@@ -255,7 +256,7 @@ class RunnerBase:
         if limit is not None:
             todo = todo[:limit]
         plan = RunPlan(cruise_dir, out_dir, manifest_path, ident, todo, _next_shard(out_dir),
-                       Locator.from_cruise(cruise_dir, self.cfg.geo), stats, t0)
+                       Locator.from_cruise(cruise_dir, self.cfg.geo), stats, t0, frames)
         self._write_manifest(manifest_path, ident, cruise_dir, stats, final=False)
         return plan
 
@@ -337,8 +338,14 @@ class LocalRunner(RunnerBase):
     """
 
     def __init__(self, cfg: PipelineConfig, ckpt: Checkpoint, model_path: Path, device: torch.device,
-                 threads: int | None = None, decode_workers: int = 0, write_queue: int = 1) -> None:
+                 threads: int | None = None, decode_workers: int = 0, write_queue: int = 1,
+                 stream: bool = False, stream_band: int = 2, stream_match_iou: float = 0.3,
+                 max_gap_s: float | None = None, max_open_frames: int = 4) -> None:
         super().__init__(cfg, ckpt, model_path, device)
+        # line stream (ISIIS): objects across frame cuts are stitched (segplank/stream.py)
+        self.stream = stream
+        self.stream_opts = {"band": stream_band, "match_iou": stream_match_iou, "max_open_frames": max_open_frames}
+        self.max_gap_s = max_gap_s
         if threads:
             torch.set_num_threads(threads)
         stages = build_stages(cfg, ckpt, device)
@@ -352,6 +359,8 @@ class LocalRunner(RunnerBase):
     def run(self, cruise_dir: Path, out_dir: Path, force: bool = False,
             on_frame: Callable[[RunStats, int], None] | None = None, limit: int | None = None) -> RunStats:
         plan = self._start(cruise_dir, out_dir, force, limit)
+        if self.stream:
+            return self._run_stream(plan, on_frame)
         stats = plan.stats
         clock = stats.stage_seconds
         rows = RowMaker(plan.cruise_dir, plan.locator, self.ckpt.classes, self.cfg.instrument.line_rate_hz)
@@ -392,6 +401,96 @@ class LocalRunner(RunnerBase):
             buf.add(out)
         self._account(stats, summary)
         return len(kept)
+
+
+    def _run_stream(self, plan: RunPlan, on_frame: Callable[[RunStats, int], None] | None) -> RunStats:
+        """``run`` for a line stream: whole objects across cuts, each frame written (and so
+        done) once every object that started in it is closed; see ``segplank/stream.py``."""
+        from ..measure import measure
+        from ..stream import FrameAssembler, StreamStitcher, ordered, plan_stream_work, stream_ids
+
+        stats, clock = plan.stats, plan.stats.stage_seconds
+        rows = RowMaker(plan.cruise_dir, plan.locator, self.ckpt.classes, self.cfg.instrument.line_rate_hz)
+        gap = self.max_gap_s if self.max_gap_s is not None else 1.5 / self.cfg.instrument.frame_rate_hz
+        sids = stream_ids(plan.frames, gap, self.cfg.instrument.timestamp_regex)
+        work, replay, ends = plan_stream_work(plan.frames, plan.todo, sids)
+        pos = {f.path: i for i, f in enumerate(plan.frames)}
+        asm = FrameAssembler(StreamStitcher(margin=2 * self.cfg.measure.refine_dilate_px + 2, **self.stream_opts))
+        n_classes = len(self.names) + 1
+        found: dict = {}  # frame path → FrameCounts of the whole objects it owns
+
+        def process(d: Detections, image: np.ndarray):
+            c = found.setdefault(d.frame.path, FrameCounts(per_class=np.zeros(n_classes, np.int64)))
+            part = FrameCounts(per_class=np.zeros(n_classes, np.int64))
+            with _timed(clock, "measure"):
+                kept, cols = self.post.finish(d, image, part)
+            c.per_class += np.bincount(d.labels, minlength=n_classes)
+            c.too_small, c.too_large = c.too_small + part.too_small, c.too_large + part.too_large
+            c.duplicates += part.duplicates
+            return kept, cols
+
+        shard, buf = plan.first_shard, _ShardBuffer()
+        last = None
+        frames = prefetch(work, self.tiler, self.decode_workers, pin_memory=self.device.type == "cuda")
+        with closing(frames), ShardWriter(plan.out_dir, self.write_queue) as writer:
+            def emit(ready) -> None:
+                nonlocal shard, buf
+                for r in ready:
+                    counts = found.pop(r.info.path, FrameCounts(per_class=np.zeros(n_classes, np.int64)))
+                    if r.payload["replay"]:
+                        continue  # its objects were written by the run that did it
+                    kept, cols = ordered(r.parts)
+                    if kept is None:
+                        kept = Detections.empty(r.info)
+                        cols = measure(kept, np.zeros((1, 1), np.uint8), r.info.pixel_size_um)
+                    counts.per_class += r.payload["dropped"]
+                    counts.written = len(kept)
+                    with _timed(clock, "write"):
+                        out, summary = rows(r.frame, kept, cols, counts, r.payload["capped"], shard)
+                        buf.add(out)
+                    self._account(stats, summary)
+                    if buf.objects >= self.cfg.output.shard_objects or buf.frames >= self.cfg.output.shard_frames:
+                        writer.submit(buf, shard)
+                        shard, buf = shard + 1, _ShardBuffer()
+                    if on_frame:
+                        on_frame(stats, len(kept))
+
+            while True:
+                with _timed(clock, "wait") if self.decode_workers else _untimed():
+                    item = next(frames, None)
+                if item is None:
+                    break
+                if isinstance(item, SkippedFrame):  # a missing frame ends the stream
+                    stats.skipped.append(item)
+                    if asm.pending:
+                        log.warning("line stream ends before %s (unusable frame)", Path(item.path).name)
+                    emit(asm.flush(process))
+                    last = None
+                    continue
+                _add_counts(clock, item.seconds)
+                tf, i = item.tf, pos[item.tf.frame.path]
+                if last is not None and (sids[i] != sids[last] or i != last + 1):
+                    emit(asm.flush(process))
+                with torch.inference_mode():
+                    dets, capped = self.detector(tf, clock)
+                    with _timed(clock, "measure"):
+                        d, counts = self.post.prepare(dets)
+                dropped = counts.per_class - np.bincount(d.labels, minlength=n_classes)
+                light = replace(tf, image=None, tiles=None, proposals=None)
+                with _timed(clock, "stitch"):
+                    ready = asm.push(light, tf.frame, d, tf.image, process,
+                                     {"dropped": dropped, "capped": capped, "replay": tf.frame.path in replay})
+                emit(ready)
+                last = i
+            # a stream's end closes its objects; a run stopped before it (--limit) leaves them not done
+            if last is not None and plan.frames[last].path in ends:
+                emit(asm.flush(process))
+            asm.drop()
+            if buf.frames:
+                writer.submit(buf, shard)
+        _add_counts(clock, {"write": writer.seconds})
+        self._finish(plan)
+        return stats
 
 
 @dataclass

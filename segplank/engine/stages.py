@@ -99,11 +99,23 @@ class Postprocessor:
         self._plankton = np.array([False, *classes.is_plankton])
 
     def __call__(self, dets: Detections, image: np.ndarray) -> tuple[Detections, dict[str, np.ndarray], FrameCounts]:
+        d, counts = self.prepare(dets)
+        d, cols = self.finish(d, image, counts)
+        return d, cols, counts
+
+    def prepare(self, dets: Detections) -> tuple[Detections, FrameCounts]:
+        """Every detection counted; the ones to keep as numpy with full-resolution masks.
+
+        What a line stream stitches across frame cuts before ``finish`` (kept separate for it).
+        """
         d = dets.numpy()
         counts = FrameCounts(per_class=np.bincount(d.labels, minlength=len(self.classes) + 1))
         keep = self._plankton[d.labels] | self.filter.keep_non_plankton
         d = d[np.flatnonzero(keep)]
-        d = d.replace(masks=d.masks.to_cropped(d.boxes))
+        return d.replace(masks=d.masks.to_cropped(d.boxes)), counts
+
+    def finish(self, d: Detections, image: np.ndarray, counts: FrameCounts) -> tuple[Detections, dict[str, np.ndarray]]:
+        """Prepared detections refined on ``image`` (same coordinates), size-filtered, measured."""
         m = self.measure_cfg
         if m.refine and len(d):
             scale = 257.0 if image.dtype == np.uint16 else 1.0  # contrast is set in 8-bit grey levels
@@ -123,7 +135,7 @@ class Postprocessor:
         d = d[np.flatnonzero(ok)]
         cols = measure(d, image, px)
         counts.written = len(d)
-        return d, cols, counts
+        return d, cols
 
 
     def _drop_grown_duplicates(self, d: Detections, grown: np.ndarray, counts: "FrameCounts") -> Detections:

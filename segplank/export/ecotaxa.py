@@ -197,6 +197,8 @@ def _settings(manifest: dict, project: str, sample_by: str, window_minutes: floa
                  "process_score_threshold": flt.get("score_threshold"),
                  "process_min_size_um": flt.get("min_size_um"), "process_max_size_um": flt.get("max_size_um"),
                  "process_features": "zooprocess" if features else "none",
+                 # the threshold-dependent features (docs/features.md) see the refined mask alone
+                 "process_particle_threshold": "none: segplank's refined mask" if features else "",
                  "process_vignette_pad_px": int(pad_px), "process_scale_bar_mm": scale_bar_mm},
     )
 

@@ -1,0 +1,317 @@
+"""Line streams: objects across frame cuts stitched once, stream grouping, flat-field.
+
+The stitcher is fed as a perfect model would feed it: ground-truth masks drawn on one tall
+stream, cut into frames of H rows, each frame's visible pieces as separate detections.
+"""
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from segplank.stream import ColumnFlatField, FrameAssembler, StreamStitcher, cut_links, ordered, stream_ids
+from segplank.structures import CroppedMasks, Detections, FrameInfo, RoiMasks
+
+from .helpers import mask_iou, paste
+
+H, W, N_FRAMES = 256, 512, 5
+TALL = H * N_FRAMES
+
+
+def _ellipse(cx, cy, ax, ay, angle, shape=(TALL, W)):
+    m = np.zeros(shape, np.uint8)
+    cv2.ellipse(m, (cx, cy), (ax, ay), angle, 0, 360, 1, -1)
+    return m.astype(bool)
+
+
+def _rect(x0, y0, x1, y1):
+    m = np.zeros((TALL, W), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def _stream_scene():
+    """Objects on a stream of 5 frames: across cuts, longer than 2 frames, touching across a cut."""
+    u = _ellipse(300, 2 * H, 60, 40, 0)
+    u[2 * H - 10:2 * H + 45, 280:320] = False  # a U: two arms enter frame 2 as two pieces
+    return [
+        _ellipse(100, H, 40, 25, 20),            # round, across cut 1
+        _ellipse(400, 2 * H + 60, 14, 330, 8),   # slender, longer than 2 frames: crosses cuts 1, 2, 3
+        _ellipse(60, 3 * H + 30, 20, 12, 0),     # inside frame 3
+        _ellipse(230, 4 * H - 1, 50, 3, 30),     # thin and oblique, across cut 4
+        _rect(150, H - 20, 171, H),               # ends on frame 0's last line...
+        _rect(171, H, 190, H + 25),               # ...and another starts on frame 1's first, touching it
+        u,
+        _ellipse(505, 3 * H, 12, 30, 0),         # cut by the side edge too
+        _rect(20, 2 * H - 1, 30, 2 * H + 1),      # one line each side of cut 2
+    ]
+
+
+def _perfect_frame(masks, k, soft: int | None = None):
+    """Frame k's detections: each 8-connected visible piece of each object, as a perfect model gives it."""
+    boxes, origins, bitmaps, labels = [], [], [], []
+    for lab, m in enumerate(masks, start=1):
+        part = m[k * H:(k + 1) * H].astype(np.uint8)
+        n, cc = cv2.connectedComponents(part, connectivity=8)
+        for c in range(1, n):
+            ys, xs = np.nonzero(cc == c)
+            x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+            boxes.append([x0, y0, x1, y1])
+            origins.append([x0, y0])
+            bitmaps.append(cc[y0:y1, x0:x1] == c)
+            labels.append(lab)
+    n = len(boxes)
+    b = np.array(boxes, np.float32).reshape(-1, 4)
+    if soft:  # the mask head's soft masks, resampled to the boxes as the engine does before refining
+        probs = [cv2.resize(bm.astype(np.float32), (soft, soft), interpolation=cv2.INTER_AREA) for bm in bitmaps]
+        masks_ = RoiMasks(torch.tensor(np.array(probs, np.float32).reshape(-1, soft, soft))).to_cropped(b)
+    else:
+        masks_ = CroppedMasks(np.array(origins, np.int64).reshape(-1, 2), tuple(bitmaps))
+    return Detections(boxes=b, scores=np.linspace(0.9, 0.8, n).astype(np.float32),
+                      labels=np.array(labels, np.int64), masks=masks_)
+
+
+def _image(k):
+    return np.full((H, W), 200, np.uint8)
+
+
+def _run(masks, stitcher=None, soft=None):
+    """All objects out of the stream, pasted on the tall canvas, and their owner frames."""
+    st = stitcher or StreamStitcher()
+    pred, owners = [], []
+    for k in range(N_FRAMES):
+        closed = st.push(_perfect_frame(masks, k, soft), _image(k))
+        pred += _pasted(closed)
+        owners += closed.owner.tolist()
+        assert st.kept_rows <= 4 * H  # bounded: never the whole stream
+    closed = st.flush()
+    pred += _pasted(closed)
+    owners += closed.owner.tolist()
+    return pred, owners
+
+
+def _pasted(closed):
+    out = []
+    for (ox, oy), bm in zip(closed.dets.masks.origins, closed.dets.masks.bitmaps):
+        out.append(paste(np.array([ox, oy + closed.row0]), bm, (TALL, W)))
+    return out
+
+
+@pytest.mark.parametrize("soft", [None, 56])
+def test_each_object_once_whole_and_owned_by_its_first_frame(soft):
+    masks = _stream_scene()
+    pred, owners = _run(masks, soft=soft)
+    assert len(pred) == len(masks)
+    for gt in masks:
+        ious = [mask_iou(gt, p) for p in pred]
+        best = int(np.argmax(ious))
+        assert ious[best] >= 0.9, (ious[best], np.nonzero(gt.any(1))[0][[0, -1]])
+        assert owners[best] == np.flatnonzero(gt.any(1))[0] // H  # the frame of its first line
+
+
+def test_without_stream_stitching_objects_come_out_as_fragments():
+    """What per-frame tools give: one object per frame piece, none whole."""
+    masks = _stream_scene()
+    frames = [_perfect_frame(masks, k) for k in range(N_FRAMES)]
+    n = sum(len(f) for f in frames)
+    assert n > len(masks) + 6
+    pred = []
+    for k, f in enumerate(frames):
+        for (ox, oy), bm in zip(f.masks.origins, f.masks.bitmaps):
+            pred.append(paste(np.array([ox, oy + k * H]), bm, (TALL, W)))
+    crossing = [gt for gt in masks if len(np.unique(np.flatnonzero(gt.any(1)) // H)) > 1]
+    assert all(max(mask_iou(gt, p) for p in pred) < 0.9 for gt in crossing[:4])
+
+
+def test_touching_across_the_cut_stay_two():
+    masks = [_rect(150, H - 20, 171, H), _rect(171, H, 190, H + 25)]
+    pred, _ = _run(masks)
+    assert len(pred) == 2
+    # and footprints that do overlap are one object
+    masks = [_rect(150, H - 20, 171, H), _rect(160, H, 190, H + 25)]
+    assert len(_run(masks)[0]) == 1
+
+
+def test_cut_links_rule():
+    up = CroppedMasks(np.array([[10, 0], [40, 0]]), (np.ones((4, 5), bool), np.ones((4, 5), bool)))
+    lo = CroppedMasks(np.array([[11, 4], [46, 4]]), (np.ones((3, 5), bool), np.ones((3, 5), bool)))
+    i, j, iou = cut_links(up, lo, cut=4, band=2, width=64, match_iou=0.3)
+    assert list(zip(i, j)) == [(0, 0)] and iou[0] == pytest.approx(6 / 8)
+
+
+def test_empty_frames_and_one_pixel_object():
+    st = StreamStitcher()
+    assert len(st.push(Detections.empty(), _image(0))) == 0
+    m = np.zeros((TALL, W), bool)
+    m[H - 1, 300] = m[H, 300] = True  # one pixel each side of the cut
+    pred, owners = _run([m])
+    assert len(pred) == 1 and pred[0].sum() == 2 and owners == [0]
+    assert len(StreamStitcher().flush()) == 0
+
+
+def test_memory_is_bounded_by_max_open_frames():
+    long = _rect(200, 10, 210, TALL)  # runs down the whole stream
+    st = StreamStitcher(max_open_frames=2)
+    pred, _ = _run([long], stitcher=st)
+    assert st.forced >= 1 and len(pred) >= 2  # cut, but never held whole
+    pred, _ = _run([long])  # the default (4 frames) holds it until it closes at the end
+    assert len(pred) == 2
+
+
+def test_assembler_releases_frames_in_order_when_their_objects_close():
+    masks = _stream_scene()
+    asm = FrameAssembler(StreamStitcher())
+    released = []
+
+    def process(dets, image):
+        assert image.shape[0] >= max(o[1] + b.shape[0] for o, b in zip(dets.masks.origins, dets.masks.bitmaps))
+        return dets, {"centroid_y": np.asarray(dets.boxes)[:, 1]}
+
+    for k in range(N_FRAMES):
+        info = FrameInfo(Path(f"f{k}.png"), k, None, H, W)
+        released += asm.push(k, info, _perfect_frame(masks, k), _image(k), process)
+        assert asm.pending <= 4
+    released += asm.flush(process)
+    assert [r.frame for r in released] == list(range(N_FRAMES))
+    total = 0
+    for r in released:
+        d, cols = ordered(r.parts)
+        if d is None:
+            continue
+        total += len(d)
+        assert (np.asarray(d.boxes)[:, 1] >= 0).all() and (np.asarray(d.boxes)[:, 1] < H).all()
+        assert np.allclose(cols["centroid_y"], np.asarray(d.boxes)[:, 1])
+    assert total == len(masks)
+
+
+def _frames(times, folder="a", name="ISIIS_{}.png"):
+    t0 = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    return [FrameInfo(Path(folder) / name.format(f"{i:03d}"), i, t0 + timedelta(seconds=t))
+            for i, t in enumerate(times)]
+
+
+def test_stream_ids_gaps_and_folders(caplog):
+    fr = _frames([0, 0.5, 1.0, 3.0, 3.5])
+    assert stream_ids(fr, max_gap_s=0.75).tolist() == [0, 0, 0, 1, 1]
+    assert "line stream gap" in caplog.text
+    assert stream_ids(fr, max_gap_s=None).tolist() == [0] * 5
+    mixed = _frames([0, 0.5]) + _frames([1.0, 1.5], folder="b")
+    assert stream_ids(mixed, max_gap_s=1).tolist() == [0, 0, 1, 1]
+    assert stream_ids([], 1.0).tolist() == []
+
+
+def test_column_flat_field_removes_streaks_and_drift_across_frames():
+    rng = np.random.default_rng(0)
+    gain = 1 + rng.normal(0, 0.03, W)
+    gain[100:103] *= 0.85  # a dirty sensor column
+    ff = ColumnFlatField(block=32, window=256)
+    for k in range(4):
+        rows = np.arange(k * H, (k + 1) * H)
+        drift = 1 + 0.1 * rows / TALL
+        img = np.outer(180 * drift, gain) + rng.normal(0, 1.5, (H, W))
+        img[50:60, 200:220] = 60  # an object keeps its contrast
+        out = ff(np.clip(img, 0, 255).astype(np.uint8))
+        bg = out[100:].astype(np.float64)
+        if k > 0:  # after the first frame the streak and the drift are gone
+            assert np.abs(bg.mean(0) - bg.mean()).max() < 3
+            assert abs(bg.mean() - ff.level) < 3
+        assert out[55, 210] < 100
+    state = ff.state_dict()
+    other = ColumnFlatField()
+    other.load_state_dict(state)
+    img = np.full((H, W), 180, np.uint8)
+    assert np.array_equal(ff(img), other(img))
+
+
+# --- the local engine with stream=True (tiny random model: the code paths, not accuracy) ----
+
+def _stream_run(cruise, ckpt_path, out, **kw):
+    from segplank.config import load_config
+    from segplank.engine.local import LocalRunner
+    from segplank.model.checkpoint import load_checkpoint
+
+    before = torch.get_num_threads()
+    cfg = load_config(None, cruise, {"tiling": {"tile_size": 256, "overlap": 32}, "filter": {"score_threshold": 0.0},
+                                     "output": {"shard_frames": 1}})
+    try:
+        runner = LocalRunner(cfg, load_checkpoint(ckpt_path), ckpt_path, torch.device("cpu"), threads=1,
+                             stream=True, **kw)
+        return runner
+    finally:
+        torch.set_num_threads(before)
+
+
+def _objects(out):
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(out / "objects").to_pandas()
+    cols = ["object_id", "frame_path", "label", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "mask_rle", "area_px"]
+    return sorted(map(tuple, t[cols].itertuples(index=False)))
+
+
+def test_engine_stream_run_and_resume_equal_an_uninterrupted_run(tmp_path, small_cruise, tiny_checkpoint):
+    import pyarrow.parquet as pq
+
+    runner = _stream_run(small_cruise, tiny_checkpoint, tmp_path)
+    whole = tmp_path / "whole"
+    stats = runner.run(small_cruise, whole)
+    assert stats.frames_done == 3 and stats.objects > 0
+    t = pq.read_table(whole / "objects").to_pandas()
+    assert t["object_id"].is_unique
+    frames = pq.read_table(whole / "frames").to_pandas()
+    assert sorted(frames["frame_path"]) == sorted(set(frames["frame_path"])) and len(frames) == 3
+    # stopped after 2 frames (the second is done only if none of its objects reach the third), then
+    # resumed: the last done frame is run again, unwritten, to restore the objects open across the cut
+    part = tmp_path / "part"
+    runner.run(small_cruise, part, limit=2)
+    done = len(pq.read_table(part / "frames"))
+    assert 1 <= done <= 2
+    stats = runner.run(small_cruise, part)
+    assert stats.frames_done == 3 - done and stats.frames_resumed == done
+    assert _objects(part) == _objects(whole)
+
+
+def _drawn_detections(frame):
+    """A perfect instance model on a rendered frame: one detection per drawn object part."""
+    n = len(frame.objects)
+    return Detections(
+        boxes=np.array([[o.x0, o.y0, o.x0 + o.mask.shape[1], o.y0 + o.mask.shape[0]] for o in frame.objects],
+                       np.float32).reshape(-1, 4),
+        scores=np.linspace(0.9, 0.8, n).astype(np.float32),
+        labels=np.array([o.spec.category_id for o in frame.objects], np.int64),
+        masks=CroppedMasks(np.array([[o.x0, o.y0] for o in frame.objects], np.int64).reshape(-1, 2),
+                           tuple(o.mask for o in frame.objects)))
+
+
+def _crop_iou(a, b):
+    (ax, ay, am), (bx, by, bm) = a, b
+    x0, y0 = min(ax, bx), min(ay, by)
+    shape = (max(ay + am.shape[0], by + bm.shape[0]) - y0, max(ax + am.shape[1], bx + bm.shape[1]) - x0)
+    return mask_iou(paste(np.array([ax - x0, ay - y0]), am, shape), paste(np.array([bx - x0, by - y0]), bm, shape))
+
+
+@pytest.mark.parametrize("seed", [4, 5, 7])
+def test_synthetic_line_scan_cruise_each_organism_once_and_whole(seed):
+    """Rendered ISIIS frames (organisms across cuts, some longer than 2 frames, some drawn over
+    one another at a cut), a perfect model per frame: the stream gives the ground truth's objects."""
+    from segplank.synth import SynthConfig, render_frame
+    from segplank.synth.linescan import stream_objects
+
+    cfg = SynthConfig(seed=seed, n_frames=6, preset="isiis", density="mixed", size=(128, 256))
+    frames = [render_frame(cfg, k) for k in range(cfg.n_frames)]
+    gt = stream_objects(cfg, frames)
+    assert any(len(g.frames) > 2 for g in gt)
+    st = StreamStitcher(max_open_frames=8)
+    pred, owners = [], []
+    for f in frames:
+        for c in (st.push(_drawn_detections(f), f.image),) + ((st.flush(),) if f.index == cfg.n_frames - 1 else ()):
+            pred += [(int(x), int(y) + c.row0, bm) for (x, y), bm in zip(c.dets.masks.origins, c.dets.masks.bitmaps)]
+            owners += c.owner.tolist()
+    assert len(pred) == len(gt)
+    for g in gt:
+        ious = [_crop_iou((g.x0, g.y0, g.mask), p) for p in pred]
+        assert max(ious) >= 0.9 and owners[int(np.argmax(ious))] == g.owner
+    # per frame, as tools without the stream do: duplicates and fragments
+    assert sum(len(f.objects) for f in frames) > len(gt)

@@ -54,17 +54,23 @@ def synth(out_dir: Path = typer.Argument(..., help="Folder to write the syntheti
           plankton_share: Optional[float] = typer.Option(None, min=0, max=1, help="Share of plankton among objects."),
           size: int = typer.Option(2048, min=64, help="Frame height and width in pixels."),
           frame_rate: float = typer.Option(2.0, min=1e-4, help="Frames per second (lower it to spread a few frames over the tow-yo's depths)."),
-          workers: int = typer.Option(1, min=1, help="Processes; output does not depend on it.")) -> None:
+          workers: int = typer.Option(1, min=1, help="Processes; output does not depend on it."),
+          line_scan: bool = typer.Option(False, "--line-scan", help="A line-scan cruise (the isiis preset): frames "
+                                         "are cuts of one stream; ground_truth_stream.json holds each object once."),
+          avi: bool = typer.Option(False, "--avi", help="Also write the frames as one lossless AVI in OUT_DIR/avi, "
+                                   "a cruise folder of its own (segplank infer OUT_DIR/avi).")) -> None:
     """Write a synthetic ISIIS/UVP cruise with exact COCO ground truth, navigation and CTD."""
     from .synth import make_cruise
 
+    if line_scan and preset != "isiis":
+        _fail(f"--line-scan is the isiis preset; --preset {preset} takes snapshots, not a line stream")
     if preset not in ("isiis", "uvp"):
         _fail(f"--preset {preset!r}: choose isiis or uvp")
     if density not in ("sparse", "mixed", "dense"):
         _fail(f"--density {density!r}: choose sparse, mixed or dense")
     try:
         summary = make_cruise(out_dir, frames, seed, preset=preset, density=density, plankton_share=plankton_share,
-                              size=(size, size), workers=workers, frame_rate_hz=frame_rate)
+                              size=(size, size), workers=workers, frame_rate_hz=frame_rate, avi=avi)
     except (FileExistsError, ValueError) as e:
         _fail(str(e))
     out.print(str(summary))

@@ -132,6 +132,20 @@ class StreamConfig(_Section):
     match_iou: float = Field(0.3, gt=0, le=1)  # IoU of two parts' footprints on the cut that joins them
     max_gap_s: float | None = Field(None, gt=0)  # a longer time jump ends the stream (None: 1.5 frame periods)
     max_open_frames: int = Field(4, ge=2)  # an object still open after this many frames is closed, with a warning
+    # divide each frame by a running per-column background (ColumnFlatField), in stream order,
+    # before the empty-tile test and the model: the sensor's vertical streaks and slow drift go.
+    # Every later stage (refinement, measurement) sees the flat-fielded frame. The background
+    # starts afresh with each stream and is saved with every written frame, so a resumed run
+    # continues it exactly.
+    flat_field: bool = False
+    flat_field_block: int = Field(64, ge=1)  # lines per background update
+    flat_field_window: int = Field(2048, ge=1)  # lines the running background averages over (>= block)
+
+    @model_validator(mode="after")
+    def _flat_field_window(self) -> "StreamConfig":
+        if self.flat_field_window < self.flat_field_block:
+            raise ValueError("stream.flat_field_window must be >= stream.flat_field_block")
+        return self
 
 
 class EngineConfig(_Section):

@@ -21,15 +21,26 @@ def cruise(tmp_path_factory):
     return d
 
 
-def _cmd(cruise: Path, out: Path, model: Path, cfg: Path) -> list[str]:
+def _cmd(cruise: Path, out: Path, model: Path, cfg: Path, *extra: str) -> list[str]:
     return [str(CLI), "infer", str(cruise), "-o", str(out), "--model", str(model), "--config", str(cfg),
-            "--threads", "1"]
+            "--threads", "1", *extra]
 
 
 def _objects(out: Path) -> list[tuple]:
     t = pq.read_table(out / "objects").to_pandas()
     cols = ["object_id", "frame_path", "label", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "mask_rle", "area_px"]
     return sorted(map(tuple, t[cols].itertuples(index=False)))
+
+
+def _kill_after(cmd: list[str], out: Path, frames_done: int) -> int:
+    """Start ``cmd``, SIGKILL it (and its decode workers) once ``frames_done`` frame tables exist; returns how many did."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((out / "frames").glob("part-*.parquet"))) < frames_done:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return len(list((out / "frames").glob("part-*.parquet")))
 
 
 @pytest.mark.skipif(not CLI.exists(), reason="needs the installed segplank command")
@@ -41,14 +52,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, cruise, tiny_
     subprocess.run(_cmd(cruise, whole, tiny_checkpoint, cfg), check=True, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(cruise, killed, tiny_checkpoint, cfg), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list((killed / "frames").glob("part-*.parquet"))) < 3:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = len(list((killed / "frames").glob("part-*.parquet")))
+    done = _kill_after(_cmd(cruise, killed, tiny_checkpoint, cfg), killed, 3)
     assert 3 <= done < 8, "the kill must land mid-run"
 
     r = subprocess.run(_cmd(cruise, killed, tiny_checkpoint, cfg), capture_output=True, text=True)
@@ -56,4 +60,37 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, cruise, tiny_
     assert _objects(killed) == _objects(whole)
     frames = pq.read_table(killed / "frames").column("frame_path").to_pylist()
     assert sorted(frames) == sorted(set(frames)) and len(frames) == 8  # every frame once
+    assert not list(killed.rglob(".*.tmp"))
+
+
+@pytest.mark.skipif(not CLI.exists(), reason="needs the installed segplank command")
+def test_stream_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, cruise, tiny_checkpoint):
+    """--stream on a line-scan cruise whose objects cross frame cuts, flat-fielded along the stream:
+    killed mid-run, the rerun replays the last done frame (open objects, flat-field state) and
+    writes every object exactly once, as one uninterrupted run does."""
+    import json
+
+    gt = json.loads((cruise / "ground_truth.coco.json").read_text())["annotations"]
+    frames_of: dict[str, set] = {}
+    for a in gt:
+        frames_of.setdefault(a["attributes"]["uid"], set()).add(a["image_id"])
+    assert sum(len(v) > 1 for v in frames_of.values()) >= 3, "objects must cross frame cuts"
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("tiling: {tile_size: 256, overlap: 32}\nfilter: {score_threshold: 0.0}\noutput: {shard_frames: 1}\n"
+                   "stream: {flat_field: true, flat_field_block: 32, flat_field_window: 256}\n")
+    whole = tmp_path / "whole"
+    subprocess.run(_cmd(cruise, whole, tiny_checkpoint, cfg, "--stream"), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    done = _kill_after(_cmd(cruise, killed, tiny_checkpoint, cfg, "--stream"), killed, 3)
+    assert 3 <= done < 8, "the kill must land mid-run"
+
+    r = subprocess.run(_cmd(cruise, killed, tiny_checkpoint, cfg, "--stream"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert _objects(killed) == _objects(whole)
+    t = pq.read_table(killed / "frames", columns=["frame_path", "flat_field"]).to_pylist()
+    w = pq.read_table(whole / "frames", columns=["frame_path", "flat_field"]).to_pylist()
+    assert len(t) == 8 and len({r["frame_path"] for r in t}) == 8  # every frame once
+    assert sorted(map(tuple, (r.values() for r in t))) == sorted(map(tuple, (r.values() for r in w)))
     assert not list(killed.rglob(".*.tmp"))

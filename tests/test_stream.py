@@ -227,14 +227,48 @@ def test_column_flat_field_removes_streaks_and_drift_across_frames():
 
 # --- the local engine with stream=True (tiny random model: the code paths, not accuracy) ----
 
-def _stream_run(cruise, ckpt_path, out, **kw):
+def _high_pass(p):
+    return p - np.convolve(p, np.ones(15) / 15, "same")
+
+
+def test_column_flat_field_removes_the_synthetic_sensor_streaks():
+    """Rendered ISIIS frames carry dirty sensor columns and vignetting (``column_gain``): flat-fielded
+    in stream order, the columns' background is level, and the organisms stay dark."""
+    from segplank.synth import SynthConfig, render_frame
+
+    from segplank.synth.render import column_gain
+
+    cfg = SynthConfig(seed=3, n_frames=3, preset="isiis", density="sparse", size=(256, 512))
+    ff = ColumnFlatField(block=32, window=256)
+    gain = column_gain(cfg) / np.median(column_gain(cfg))
+
+    def streaks(a):  # (column profile / level - 1) and its high-pass part (single columns)
+        p = np.median(a.astype(np.float64), 0)
+        p = p / np.median(p) - 1
+        return np.abs(p[8:-8]).max(), np.abs(_high_pass(p)[8:-8]).max()
+
+    for k in range(cfg.n_frames):
+        f = render_frame(cfg, k)
+        out = ff(f.image)
+        assert out.dtype == f.image.dtype and out.shape == f.image.shape
+        before, after = streaks(f.image), streaks(out)
+        assert before[0] > 0.05 and before[1] > 0.04  # vignetting and streaks are there...
+        assert after[0] < 0.015 and after[1] < 0.01, after  # ...and gone, from the first frame on
+        # the running background found the sensor's own streaks (smooth shading aside)
+        assert np.abs(_high_pass(ff.background / np.median(ff.background)) - _high_pass(gain))[8:-8].max() < 0.01
+        for o in f.objects:  # no organism fades into the background
+            y, x = np.nonzero(o.mask)
+            assert out[y + o.y0, x + o.x0].mean() <= f.image[y + o.y0, x + o.x0].mean() + 12
+
+
+def _stream_run(cruise, ckpt_path, out, extra=None, **kw):
     from segplank.config import load_config
     from segplank.engine.local import LocalRunner
     from segplank.model.checkpoint import load_checkpoint
 
     before = torch.get_num_threads()
     cfg = load_config(None, cruise, {"tiling": {"tile_size": 256, "overlap": 32}, "filter": {"score_threshold": 0.0},
-                                     "output": {"shard_frames": 1}})
+                                     "output": {"shard_frames": 1}, **(extra or {})})
     try:
         runner = LocalRunner(cfg, load_checkpoint(ckpt_path), ckpt_path, torch.device("cpu"), threads=1,
                              stream=True, **kw)
@@ -315,3 +349,42 @@ def test_synthetic_line_scan_cruise_each_organism_once_and_whole(seed):
         assert max(ious) >= 0.9 and owners[int(np.argmax(ious))] == g.owner
     # per frame, as tools without the stream do: duplicates and fragments
     assert sum(len(f.objects) for f in frames) > len(gt)
+
+
+def test_engine_stream_flat_field_saved_with_each_frame_and_resumed_exactly(tmp_path, tiny_checkpoint):
+    """stream.flat_field: frames are flat-fielded in order before the model (tiled in the main
+    process); each frame's row keeps the state it started from, and a run stopped mid-stream
+    (--limit) and resumed restores it: the same objects and the same states as one run."""
+    import pyarrow.parquet as pq
+
+    from segplank.engine.local import flat_field_bytes
+    from segplank.frames import read_frame
+    from segplank.synth import make_cruise
+
+    cruise = tmp_path / "c"
+    make_cruise(cruise, 4, seed=5, size=(256, 256))
+    ff_cfg = {"stream": {"flat_field": True, "flat_field_block": 32, "flat_field_window": 256}}
+    runner = _stream_run(cruise, tiny_checkpoint, tmp_path, extra=ff_cfg, decode_workers=1)
+    whole = tmp_path / "whole"
+    runner.run(cruise, whole)
+
+    def states(out):
+        t = pq.read_table(out / "frames", columns=["frame_path", "flat_field"]).to_pylist()
+        return sorted((r["frame_path"], r["flat_field"]) for r in t)
+
+    # what each row holds: the state after flat-fielding the stream's earlier frames
+    ff = ColumnFlatField(32, 256)
+    expect = []
+    for p in sorted((cruise / "frames").glob("*.png")):
+        expect.append((f"frames/{p.name}", flat_field_bytes(ff)))
+        ff(read_frame(p))
+    assert states(whole) == expect
+
+    part = tmp_path / "part"
+    runner.run(cruise, part, limit=3)
+    done = len(pq.read_table(part / "frames"))
+    assert 1 <= done <= 3
+    stats = runner.run(cruise, part)
+    assert stats.frames_resumed == done
+    assert _objects(part) == _objects(whole)
+    assert states(part) == expect

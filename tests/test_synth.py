@@ -74,7 +74,7 @@ def test_same_seed_same_bytes_whatever_workers(tmp_path) -> None:
     make_cruise(b, n_frames=3, seed=5, size=SMALL, density="dense", workers=2)
     make_cruise(c, n_frames=3, seed=6, size=SMALL, density="dense")
     fa, fb, fc = _files(a), _files(b), _files(c)
-    assert fa.keys() == fb.keys() and len(fa) == 3 + 4
+    assert fa.keys() == fb.keys() and len(fa) == 3 + 5  # frames, COCO, stream truth, nav, CTD, cruise.yaml
     assert all(fa[k] == fb[k] for k in fa), [k for k in fa if fa[k] != fb[k]]
     assert all(fa[k] != fc[k] for k in fa if k.startswith("frames/"))
     assert fa["ground_truth.coco.json"] != fc["ground_truth.coco.json"]
@@ -157,6 +157,77 @@ def test_line_scan_objects_continue_across_frame_cuts(cruise) -> None:
             part = mask_utils.decode(p["segmentation"]).astype(bool)[y:y + p["bbox"][3], x:x + p["bbox"][2]]
             sy, sx = y + row0 - stamp.y0, x - stamp.x0
             assert np.array_equal(part, stamp.mask[sy:sy + part.shape[0], sx:sx + part.shape[1]])
+
+
+def test_stream_ground_truth_each_object_once_and_whole(cruise) -> None:
+    """ground_truth_stream.json: one entry per uid, in stream rows; a crossing object is the union of its parts."""
+    from segplank.synth.linescan import stream_objects
+
+    root, cfg = cruise
+    coco = _coco(root)
+    truth = json.loads((root / "ground_truth_stream.json").read_text())
+    objs = truth["objects"]
+    uids = {a["attributes"]["uid"] for a in coco["annotations"]}
+    assert len(objs) == len(uids) and {o["uid"] for o in objs} == uids
+    assert truth["frame_height"] == cfg.height and [o["id"] for o in objs] == list(range(1, len(objs) + 1))
+
+    def mask(o):
+        m = mask_utils.decode({"size": o["segmentation"]["size"], "counts": o["segmentation"]["counts"].encode()})
+        return m.astype(bool)
+
+    by_uid = {o["uid"]: o for o in objs}
+    crossing = [o for o in objs if len(o["frames"]) > 1]
+    assert crossing
+    for o in crossing:  # the union of its COCO parts, each placed in stream rows
+        parts = [a for a in coco["annotations"] if a["attributes"]["uid"] == o["uid"]]
+        assert sorted(a["image_id"] - 1 for a in parts) == o["frames"] and o["owner_frame"] == o["frames"][0]
+        m = mask(o)
+        union = np.zeros_like(m)
+        for a in parts:
+            x, y, w, h = a["bbox"]
+            full = mask_utils.decode(a["segmentation"]).astype(bool)
+            sy, sx = y + (a["image_id"] - 1) * cfg.height - o["y0"], x - o["x0"]
+            union[sy:sy + h, sx:sx + w] |= full[y:y + h, x:x + w]
+        assert np.array_equal(m, union) and o["area"] == int(m.sum())
+    for g in stream_objects(cfg):  # and every object is what the renderer drew, whole
+        o = by_uid[g.uid]
+        assert (o["x0"], o["y0"], o["owner_frame"], tuple(o["frames"])) == (g.x0, g.y0, g.owner, g.frames)
+        assert np.array_equal(mask(o), g.mask) and o["category_id"] == g.category_id
+
+
+def test_uvp_cruise_has_no_stream_truth(tmp_path) -> None:
+    make_cruise(tmp_path, n_frames=1, seed=1, size=(64, 64), preset="uvp")
+    assert not (tmp_path / "ground_truth_stream.json").exists()
+
+
+def test_avi_copy_reads_as_the_same_frames(tmp_path) -> None:
+    """--avi: the frames as one lossless AVI in avi/, a cruise folder of its own; the PNG cruise
+    still reads each frame once."""
+    from segplank.config import load_config
+    from segplank.frames import find_frames, read_frame
+
+    make_cruise(tmp_path, n_frames=3, seed=2, size=(64, 96), avi=True)
+    pngs = find_frames(tmp_path, load_config(cruise_dir=tmp_path).instrument)
+    avi_dir = tmp_path / "avi"
+    assert [p.name for p in sorted(avi_dir.iterdir())] == ["ISIIS_20260601_120000_000.avi", "cruise.yaml",
+                                                           "ctd.csv", "nav.csv"]
+    avis = find_frames(avi_dir, load_config(cruise_dir=avi_dir).instrument)
+    assert [f.path.suffix for f in pngs] == [".png"] * 3 and len(avis) == 3
+    assert [f.timestamp for f in avis] == [f.timestamp for f in pngs]
+    for a, p in zip(avis, pngs):
+        assert np.array_equal(read_frame(a.path), read_frame(p.path))
+
+
+def test_cli_line_scan_and_avi(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from segplank.cli import app
+
+    r = CliRunner().invoke(app, ["synth", str(tmp_path / "a"), "-n", "2", "--size", "64", "--line-scan", "--avi"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "a" / "ground_truth_stream.json").is_file() and len(list((tmp_path / "a" / "avi").glob("*.avi"))) == 1
+    r = CliRunner().invoke(app, ["synth", str(tmp_path / "b"), "--line-scan", "--preset", "uvp"])
+    assert r.exit_code != 0 and "line-scan" in r.output and not (tmp_path / "b").exists()
 
 
 # --- realism -------------------------------------------------------------------------------

@@ -116,7 +116,10 @@ def resolve_device(name: str) -> torch.device:
 FRAME_SCHEMA = pa.schema([("frame_path", pa.string()), ("frame_index", pa.int64()), ("shard", pa.int32()),
                           ("time", pa.timestamp("us", tz="UTC")), ("tiles", pa.int32()), ("tiles_run", pa.int32()),
                           ("objects_written", pa.int32()), ("counts", pa.string()),
-                          ("lat", pa.float64()), ("lon", pa.float64()), ("depth_m", pa.float64())])
+                          ("lat", pa.float64()), ("lon", pa.float64()), ("depth_m", pa.float64()),
+                          # line stream with stream.flat_field: the flat-field state the frame started
+                          # from (``flat_field_bytes``), what a resumed run restores; null otherwise
+                          ("flat_field", pa.binary())])
 
 
 # --- the stages, built the same way by every engine ---------------------------------------
@@ -361,6 +364,8 @@ class LocalRunner(RunnerBase):
         plan = self._start(cruise_dir, out_dir, force, limit)
         if self.stream:
             return self._run_stream(plan, on_frame)
+        if self.cfg.stream.flat_field:
+            log.warning("stream.flat_field applies to line streams only (--stream); frames are used as they are")
         stats = plan.stats
         clock = stats.stage_seconds
         rows = RowMaker(plan.cruise_dir, plan.locator, self.ckpt.classes, self.cfg.instrument.line_rate_hz)
@@ -407,7 +412,7 @@ class LocalRunner(RunnerBase):
         """``run`` for a line stream: whole objects across cuts, each frame written (and so
         done) once every object that started in it is closed; see ``segplank/stream.py``."""
         from ..measure import measure
-        from ..stream import FrameAssembler, StreamStitcher, ordered, plan_stream_work, stream_ids
+        from ..stream import ColumnFlatField, FrameAssembler, StreamStitcher, ordered, plan_stream_work, stream_ids
 
         stats, clock = plan.stats, plan.stats.stage_seconds
         rows = RowMaker(plan.cruise_dir, plan.locator, self.ckpt.classes, self.cfg.instrument.line_rate_hz)
@@ -429,9 +434,17 @@ class LocalRunner(RunnerBase):
             c.duplicates += part.duplicates
             return kept, cols
 
+        # flat-fielding runs frame after frame in this process (its state is sequential): the
+        # workers only decode, and frames are tiled here, after it. Each stream starts afresh; a
+        # replayed frame (resumption) starts from the state saved with it.
+        sc = self.cfg.stream
+        flat = ColumnFlatField(sc.flat_field_block, sc.flat_field_window) if sc.flat_field else None
+        saved = _saved_flat_fields(plan.out_dir, {_rel(p, plan.cruise_dir) for p in replay}) if flat else {}
+
         shard, buf = plan.first_shard, _ShardBuffer()
         last = None
-        frames = prefetch(work, self.tiler, self.decode_workers, pin_memory=self.device.type == "cuda")
+        frames = prefetch(work, None if flat else self.tiler, self.decode_workers,
+                          pin_memory=self.device.type == "cuda" and not flat)
         with closing(frames), ShardWriter(plan.out_dir, self.write_queue) as writer:
             def emit(ready) -> None:
                 nonlocal shard, buf
@@ -447,6 +460,7 @@ class LocalRunner(RunnerBase):
                     counts.written = len(kept)
                     with _timed(clock, "write"):
                         out, summary = rows(r.frame, kept, cols, counts, r.payload["capped"], shard)
+                        out.frame_row["flat_field"] = r.payload["flat_field"]
                         buf.add(out)
                     self._account(stats, summary)
                     if buf.objects >= self.cfg.output.shard_objects or buf.frames >= self.cfg.output.shard_frames:
@@ -469,8 +483,25 @@ class LocalRunner(RunnerBase):
                     continue
                 _add_counts(clock, item.seconds)
                 tf, i = item.tf, pos[item.tf.frame.path]
-                if last is not None and (sids[i] != sids[last] or i != last + 1):
+                starts = last is None or sids[i] != sids[last] or i != last + 1
+                if starts and last is not None:
                     emit(asm.flush(process))
+                flat_state = None
+                if flat is not None:
+                    if starts:
+                        flat = ColumnFlatField(sc.flat_field_block, sc.flat_field_window)
+                        if tf.frame.path in replay:
+                            rel = _rel(tf.frame.path, plan.cruise_dir)
+                            if saved.get(rel) is None:
+                                log.warning("%s: no flat-field state saved with it; its stream's background "
+                                            "starts afresh there", rel)
+                            else:
+                                load_flat_field(flat, saved[rel])
+                    flat_state = flat_field_bytes(flat)
+                    with _timed(clock, "flat_field"):
+                        image = flat(tf.image)
+                    with _timed(clock, "tile"):
+                        tf = self.tiler(tf.frame, image)
                 with torch.inference_mode():
                     dets, capped = self.detector(tf, clock)
                     with _timed(clock, "measure"):
@@ -479,7 +510,8 @@ class LocalRunner(RunnerBase):
                 light = replace(tf, image=None, tiles=None, proposals=None)
                 with _timed(clock, "stitch"):
                     ready = asm.push(light, tf.frame, d, tf.image, process,
-                                     {"dropped": dropped, "capped": capped, "replay": tf.frame.path in replay})
+                                     {"dropped": dropped, "capped": capped, "replay": tf.frame.path in replay,
+                                      "flat_field": flat_state})
                 emit(ready)
                 last = i
             # a stream's end closes its objects; a run stopped before it (--limit) leaves them not done
@@ -491,6 +523,34 @@ class LocalRunner(RunnerBase):
         _add_counts(clock, {"write": writer.seconds})
         self._finish(plan)
         return stats
+
+
+def flat_field_bytes(ff) -> bytes:
+    """A ``ColumnFlatField``'s running state as bytes, exactly: float64 [level, *background]
+    (NaN: not set yet); what a frame-table row keeps of the state its frame started from."""
+    level = np.nan if ff.level is None else float(ff.level)
+    bg = np.zeros(0) if ff.background is None else np.asarray(ff.background, np.float64)
+    return np.concatenate([[level], bg]).astype("<f8").tobytes()
+
+
+def load_flat_field(ff, data: bytes) -> None:
+    """Restore what ``flat_field_bytes`` saved (block and window come from the config)."""
+    a = np.frombuffer(data, "<f8")
+    ff.level = None if np.isnan(a[0]) else float(a[0])
+    ff.background = a[1:].astype(np.float64) if len(a) > 1 else None
+
+
+def _saved_flat_fields(out_dir: Path, paths: set[str]) -> dict[str, bytes | None]:
+    """The flat-field state saved with each of ``paths`` (relative frame paths) in the frame tables."""
+    if not paths:
+        return {}
+    out: dict[str, bytes | None] = {}
+    for p in sorted((out_dir / "frames").glob("part-*.parquet")):
+        if "flat_field" not in pq.read_schema(p).names:
+            continue
+        t = pq.read_table(p, columns=["frame_path", "flat_field"], filters=[("frame_path", "in", sorted(paths))])
+        out.update(zip(t.column("frame_path").to_pylist(), t.column("flat_field").to_pylist()))
+    return out
 
 
 @dataclass

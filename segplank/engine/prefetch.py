@@ -77,8 +77,9 @@ def _landed(tf: TiledFrame, image: _Packed, tiles: _Packed | None, seconds: dict
     return _Carrier(Decoded(replace(tf, image=_from_bytes(image), tiles=_from_bytes(tiles)), seconds))
 
 
-def decode_and_tile(info: FrameInfo, tiler: Tiler, crop: bool = True) -> Decoded | SkippedFrame:
-    """One frame decoded and tiled (``crop=False``: planned only), or why it is unusable."""
+def decode_and_tile(info: FrameInfo, tiler: Tiler | None, crop: bool = True) -> Decoded | SkippedFrame:
+    """One frame decoded and tiled (``crop=False``: planned only; ``tiler=None``: decoded only,
+    no tiles planned: the caller tiles it), or why it is unusable."""
     t0 = time.perf_counter()
     try:
         pixels = read_frame(info.path)
@@ -86,14 +87,21 @@ def decode_and_tile(info: FrameInfo, tiler: Tiler, crop: bool = True) -> Decoded
         return SkippedFrame(info.path, e.reason)
     t1 = time.perf_counter()
     frame = replace(info, height=int(pixels.shape[0]), width=int(pixels.shape[1]))
+    if tiler is None:
+        return Decoded(decoded_only(frame, pixels), {"decode": t1 - t0})
     tf = tiler(frame, pixels) if crop else tiler.plan(frame, pixels)
     return Decoded(tf, {"decode": t1 - t0, "tile": time.perf_counter() - t1})
+
+
+def decoded_only(frame: FrameInfo, pixels: np.ndarray) -> TiledFrame:
+    """A frame with its pixels and no tiles planned yet (``Tiler`` makes them from the pixels)."""
+    return TiledFrame(frame, pixels, np.zeros((0, 4), np.int64), np.zeros(0, np.int64), None)
 
 
 class _Frames(Dataset):
     """Map-style dataset over the frame list: item ``i`` is frame ``i``, decoded and tiled."""
 
-    def __init__(self, frames: Sequence[FrameInfo], tiler: Tiler) -> None:
+    def __init__(self, frames: Sequence[FrameInfo], tiler: Tiler | None) -> None:
         self.frames = list(frames)
         self.tiler = tiler
 
@@ -104,9 +112,12 @@ class _Frames(Dataset):
         return _Carrier(decode_and_tile(self.frames[i], self.tiler))
 
 
-def prefetch(frames: Sequence[FrameInfo], tiler: Tiler, workers: int = 0,
+def prefetch(frames: Sequence[FrameInfo], tiler: Tiler | None, workers: int = 0,
              pin_memory: bool = False) -> Iterator[Decoded | SkippedFrame]:
     """Decoded, tiled frames in list order; ``workers`` processes decode ahead (0: in this process).
+
+    ``tiler=None``: decoded only (``decoded_only``); the caller tiles each frame itself, as a
+    line stream with flat-fielding does, whose state runs from frame to frame in one process.
 
     At most ``2 × workers`` frames wait decoded, so memory does not grow with the cruise.
     Unusable frames come as ``SkippedFrame`` (already logged, one line each). The workers

@@ -3,6 +3,10 @@
 Layout of OUT (other modules read it):
     cruise.yaml, frames/<NAME>_<YYYYMMDD>_<HHMMSS>_<mmm>.png, ground_truth.coco.json,
     nav.csv, ctd.csv
+    ground_truth_stream.json (line-scan cruises: each object once, whole, in stream rows)
+    avi/ (``avi=True``): the same frames as one lossless AVI, with its own cruise.yaml, nav.csv
+        and ctd.csv: a cruise of its own (``segplank infer OUT/avi``); OUT's cruise.yaml then
+        lists image extensions only, so ``segplank infer OUT`` still reads each frame once
 The same seed gives byte-identical files whatever the number of workers: every frame is
 rendered from its own random streams and results are gathered in frame order.
 """
@@ -28,6 +32,7 @@ import yaml
 from .categories import CATEGORIES
 from .environment import Environment
 from .params import TIMESTAMP_FORMAT, TIMESTAMP_REGEX, SynthConfig, iso_z
+from .linescan import write_avi
 from .render import encode_rle, render_frame
 
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fixed: same bytes every run, and fast
@@ -65,17 +70,20 @@ class CruiseSummary:
 class _FrameRecord:
     index: int
     annotations: list[dict[str, Any]]
+    crops: list[dict[str, Any]] | None = None  # line scan: each annotation's box-relative RLE (the stream file's)
 
 
 def make_cruise(out_dir: Path, n_frames: int = 10, seed: int = 0, *, preset: Literal["isiis", "uvp"] = "isiis",
                 density: Literal["sparse", "mixed", "dense"] = "mixed", plankton_share: float | None = None,
                 size: tuple[int, int] = (2048, 2048), workers: int = 1,
                 start_time: datetime = datetime(2026, 6, 1, 12, 0, tzinfo=UTC),
-                frame_rate_hz: float = 2.0, pixel_size_um: float = 10.0) -> CruiseSummary:
+                frame_rate_hz: float = 2.0, pixel_size_um: float = 10.0, avi: bool = False) -> CruiseSummary:
     """Render `n_frames` frames with exact ground truth, plus nav, CTD and cruise.yaml.
 
     `size` is (height, width); `plankton_share` overrides the share of plankton among
-    objects (training sets); `workers` > 1 renders frames in a process pool.
+    objects (training sets); `workers` > 1 renders frames in a process pool. A line-scan
+    (isiis) cruise also gets ``ground_truth_stream.json``; `avi` also writes the frames as
+    one lossless AVI in ``avi/`` (a cruise folder of its own).
     """
     t0 = time.perf_counter()
     cfg = SynthConfig(seed=seed, n_frames=n_frames, preset=preset, density=density,
@@ -84,17 +92,29 @@ def make_cruise(out_dir: Path, n_frames: int = 10, seed: int = 0, *, preset: Lit
     out = Path(out_dir)
     frames_dir = out / "frames"
     _check_target(frames_dir, {cfg.frame_name(k) for k in range(n_frames)})
+    if avi:
+        _check_target(out / "avi", {Path(cfg.frame_name(0)).stem + ".avi"}, "*.avi")
     frames_dir.mkdir(parents=True, exist_ok=True)
 
     records = _render_all(cfg, frames_dir, workers)
-    counts = _write_coco(out / "ground_truth.coco.json", cfg, records)
+    files = [frames_dir / cfg.frame_name(k) for k in range(n_frames)]
+    if cfg.line_scan:
+        with StreamTruthWriter(out / "ground_truth_stream.json", cfg) as truth:
+            counts = _write_coco(out / "ground_truth.coco.json", cfg, truth.tap(records))
+        files.append(truth.path)
+    else:
+        counts = _write_coco(out / "ground_truth.coco.json", cfg, records)
     env = Environment.for_seed(cfg.seed)
-    files = [frames_dir / cfg.frame_name(k) for k in range(n_frames)] + [
+    nav, ctd = nav_csv(cfg, env), ctd_csv(cfg, env)
+    image_exts = IMAGE_EXTENSIONS if avi else None  # the AVI's frames must not be read twice
+    files += [
         out / "ground_truth.coco.json",
-        _write_text(out / "nav.csv", nav_csv(cfg, env)),
-        _write_text(out / "ctd.csv", ctd_csv(cfg, env)),
-        _write_text(out / "cruise.yaml", cruise_yaml(cfg)),
+        _write_text(out / "nav.csv", nav),
+        _write_text(out / "ctd.csv", ctd),
+        _write_text(out / "cruise.yaml", cruise_yaml(cfg, image_exts)),
     ]
+    if avi and n_frames:
+        files += write_avi_cruise(out / "avi", cfg, frames_dir, nav, ctd)
     return CruiseSummary(out, n_frames, sum(counts.values()),
                          {c["name"]: counts.get(c["id"], 0) for c in CATEGORIES},
                          time.perf_counter() - t0, tuple(files))
@@ -102,11 +122,11 @@ def make_cruise(out_dir: Path, n_frames: int = 10, seed: int = 0, *, preset: Lit
 
 # --- frames --------------------------------------------------------------------------------
 
-def _check_target(frames_dir: Path, names: set[str]) -> None:
+def _check_target(frames_dir: Path, names: set[str], pattern: str = "*.png") -> None:
     """Refuse to mix two cruises in one folder (stale frames would join the new one)."""
     if not frames_dir.is_dir():
         return
-    stale = sorted(p.name for p in frames_dir.glob("*.png") if p.name not in names)
+    stale = sorted(p.name for p in frames_dir.glob(pattern) if p.name not in names)
     if stale:
         raise FileExistsError(f"{frames_dir} already holds {len(stale)} frame(s) of another cruise "
                               f"(e.g. {stale[0]}); write the synthetic cruise to an empty folder")
@@ -142,7 +162,113 @@ def render_and_write(cfg: SynthConfig, k: int, frames_dir: Path) -> _FrameRecord
         # parts of one object cut by line-scan frame boundaries share their uid
         "attributes": {"uid": o.spec.uid, "truncated": o.truncated},
     } for o in frame.objects]
-    return _FrameRecord(k, anns)
+    crops = [encode_rle(o.mask, 0, 0, *o.mask.shape) for o in frame.objects] if cfg.line_scan else None
+    return _FrameRecord(k, anns, crops)
+
+
+# --- the same frames as one AVI --------------------------------------------------------------
+
+IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+def write_avi_cruise(avi_dir: Path, cfg: SynthConfig, frames_dir: Path, nav: str, ctd: str) -> list[Path]:
+    """``avi_dir``: the cruise's frames (read back from their PNGs, one at a time) as one lossless
+    AVI named after the first frame, with cruise.yaml (AVI only), nav.csv and ctd.csv."""
+    avi_dir = Path(avi_dir)
+    avi_dir.mkdir(parents=True, exist_ok=True)
+    path = avi_dir / (Path(cfg.frame_name(0)).stem + ".avi")
+    tmp = path.with_name(f".{path.stem}.tmp.avi")
+    try:
+        write_avi(tmp, (cv2.imread(str(Path(frames_dir) / cfg.frame_name(k)), cv2.IMREAD_UNCHANGED)
+                        for k in range(cfg.n_frames)), cfg.frame_rate_hz)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return [path, _write_text(avi_dir / "nav.csv", nav), _write_text(avi_dir / "ctd.csv", ctd),
+            _write_text(avi_dir / "cruise.yaml", cruise_yaml(cfg, (".avi",)))]
+
+
+# --- ground truth in stream coordinates (line scan) ----------------------------------------
+
+class StreamTruthWriter:
+    """``ground_truth_stream.json`` from the frame records as they pass (``tap``), never re-rendered.
+
+    Each object once, whole, in stream coordinates (row 0 = frame 0's first line): ``uid``,
+    ``category_id``, ``owner_frame`` (0-based frame of its first line; COCO image id - 1),
+    ``frames`` it spans, ``x0``, ``y0`` (stream row), ``area`` and ``segmentation``, a COCO
+    RLE relative to its box (``size`` = [h, w] of the box). Parts are joined by their
+    ``attributes.uid``; only the parts of objects crossing a cut are decoded and merged. An
+    object is written once a frame no longer continues it, so memory holds only the open ones.
+    """
+
+    def __init__(self, path: Path, cfg: SynthConfig) -> None:
+        self.path = Path(path)
+        self.cfg = cfg
+        self.n = 0
+        self._open: dict[str, list] = {}  # uid → [(frame, x0, y0 stream, crop RLE, category, area)]
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self._f = None
+
+    def __enter__(self) -> "StreamTruthWriter":
+        cfg = self.cfg
+        head = {"info": {"description": f"segplank synthetic {cfg.instrument_name} cruise, seed {cfg.seed}: "
+                                        "objects in stream coordinates, each once",
+                         "version": str(GENERATOR_VERSION)},
+                "frame_height": cfg.height, "width": cfg.width, "n_frames": cfg.n_frames,
+                "categories": [dict(c) for c in CATEGORIES]}
+        self._f = self._tmp.open("w", encoding="utf-8", newline="\n")
+        self._f.write(_dumps(head)[:-1] + ',"objects":[')
+        return self
+
+    def tap(self, records: Iterable[_FrameRecord]) -> Iterator[_FrameRecord]:
+        for rec in records:
+            self.add(rec)
+            yield rec
+
+    def add(self, rec: _FrameRecord) -> None:
+        seen = set()
+        for ann, crop in zip(rec.annotations, rec.crops or ()):
+            uid = ann["attributes"]["uid"]
+            x, y = ann["bbox"][:2]
+            self._open.setdefault(uid, []).append((rec.index, x, y + rec.index * self.cfg.height, crop,
+                                                   ann["category_id"], ann["area"]))
+            seen.add(uid)
+        for uid in [u for u in self._open if u not in seen]:  # not continued by this frame: whole
+            self._write(uid, self._open.pop(uid))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                for uid in list(self._open):
+                    self._write(uid, self._open.pop(uid))
+                self._f.write("\n]}\n")
+                self._f.close()
+                os.replace(self._tmp, self.path)
+        finally:
+            if not self._f.closed:
+                self._f.close()
+            self._tmp.unlink(missing_ok=True)
+
+    def _write(self, uid: str, parts: list) -> None:
+        frames = sorted({p[0] for p in parts})
+        if len(parts) == 1:
+            _, x0, y0, rle, cat, area = parts[0]
+        else:
+            from pycocotools import mask as mask_utils
+
+            x0, y0 = min(p[1] for p in parts), min(p[2] for p in parts)
+            x1 = max(p[1] + p[3]["size"][1] for p in parts)
+            y1 = max(p[2] + p[3]["size"][0] for p in parts)
+            canvas = np.zeros((y1 - y0, x1 - x0), bool)
+            for _, x, y, r, _, _ in parts:
+                m = mask_utils.decode({"size": r["size"], "counts": r["counts"].encode("ascii")}).astype(bool)
+                canvas[y - y0:y - y0 + m.shape[0], x - x0:x - x0 + m.shape[1]] |= m
+            rle = encode_rle(canvas, 0, 0, *canvas.shape)
+            cat, area = parts[0][4], int(canvas.sum())
+        self.n += 1
+        self._f.write(("\n" if self.n == 1 else ",\n") + _dumps({
+            "id": self.n, "uid": uid, "category_id": cat, "owner_frame": frames[0], "frames": frames,
+            "x0": int(x0), "y0": int(y0), "area": int(area), "segmentation": rle}))
 
 
 def coco_image(cfg: SynthConfig, k: int) -> dict[str, Any]:
@@ -235,7 +361,8 @@ def volume_per_frame_l(cfg: SynthConfig) -> float:
     return float(f"{litres:.6g}")
 
 
-def cruise_yaml(cfg: SynthConfig) -> str:
+def cruise_yaml(cfg: SynthConfig, extensions: tuple[str, ...] | None = None) -> str:
+    """The cruise's config; ``extensions``: the frame files to read (None: the pipeline's default)."""
     doc = {
         "instrument": {
             "name": cfg.instrument_name,
@@ -247,6 +374,7 @@ def cruise_yaml(cfg: SynthConfig) -> str:
             **({"line_rate_hz": float(cfg.frame_rate_hz * cfg.height)} if cfg.preset == "isiis" else {}),
             "timestamp_regex": TIMESTAMP_REGEX,
             "timestamp_format": TIMESTAMP_FORMAT,
+            **({"extensions": list(extensions)} if extensions else {}),
         },
         "synth": {
             "seed": int(cfg.seed),

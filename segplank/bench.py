@@ -28,17 +28,19 @@ class Case:
     frames: int
     skip_empty: bool = True
     size: int = 2048
+    stream: bool = False
 
 
-def _run_case(cruise: str, out: str, model: str, skip_empty: bool, threads: int, queue) -> None:
+def _run_case(cruise: str, out: str, model: str, case: Case, threads: int, queue) -> None:
     from .config import load_config
-    from .engine.local import LocalRunner, resolve_device
+    from .engine import make_runner
     from .evaluate import object_match
     from .model.checkpoint import load_checkpoint
 
     torch.set_num_threads(threads)
-    cfg = load_config(None, Path(cruise), {"tiling": {"skip_empty": skip_empty}})
-    runner = LocalRunner(cfg, load_checkpoint(Path(model)), Path(model), resolve_device(cfg.device))
+    cfg = load_config(None, Path(cruise), {"tiling": {"skip_empty": case.skip_empty},
+                                           "stream": {"enabled": case.stream}})
+    runner = make_runner(cfg, load_checkpoint(Path(model)), Path(model), threads)
     stats = runner.run(Path(cruise), Path(out), force=True)
     scores = object_match(Path(cruise) / "ground_truth.coco.json", Path(out) / "predictions.coco.json")
     queue.put({
@@ -52,15 +54,18 @@ def _run_case(cruise: str, out: str, model: str, skip_empty: bool, threads: int,
 
 
 def run_bench(model: Path, work: Path | None = None, sparse_frames: int = 20, dense_frames: int = 4,
-              threads: int = 2, seed: int = 4242, memory_frames: tuple[int, ...] = ()) -> dict:
-    """Every case in its own process; ``memory_frames`` adds long runs of small sparse frames
-    (e.g. 200 and 2000) whose peak memory must not grow with the number of frames."""
+              threads: int = 2, seed: int = 4242, memory_frames: tuple[int, ...] = (),
+              stream_frames: tuple[int, ...] = ()) -> dict:
+    """Every case in its own process. ``memory_frames`` adds long runs of small sparse frames
+    (e.g. 200 and 2000), ``stream_frames`` line-stream runs of small mixed frames (e.g. 50 and
+    500): their peak memory must not grow with the number of frames."""
     from .synth import make_cruise
 
     work = Path(work or tempfile.mkdtemp(prefix="segplank_bench_"))
     cases = [Case("sparse", "sparse", sparse_frames), Case("sparse, no skip", "sparse", sparse_frames, False),
              Case("mixed", "mixed", dense_frames), Case("dense", "dense", dense_frames)]
     cases += [Case(f"memory, {n} frames", "sparse", n, size=512) for n in memory_frames]
+    cases += [Case(f"stream, {n} frames", "mixed", n, size=384, stream=True) for n in stream_frames]
     results = {}
     ctx = mp.get_context("spawn")
     for case in cases:
@@ -69,7 +74,7 @@ def run_bench(model: Path, work: Path | None = None, sparse_frames: int = 20, de
             make_cruise(cruise, case.frames, seed, density=case.density, size=(case.size, case.size), workers=threads)
         q = ctx.Queue()
         p = ctx.Process(target=_run_case, args=(str(cruise), str(work / f"out_{case.name}"), str(model),
-                                                case.skip_empty, threads, q))
+                                                case, threads, q))
         p.start()
         r = q.get()
         p.join()

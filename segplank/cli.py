@@ -102,6 +102,7 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
           verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
     """Detect, segment, classify, measure and write every object of a cruise. Reruns resume."""
     from .config import ConfigError, load_config
+    from .engine import make_runner
     from .engine.local import RunError
     from .frames import find_frames
     from .model.checkpoint import DEMO_MODEL, CheckpointError, load_checkpoint
@@ -124,7 +125,7 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
         if model is None:
             console.print("[yellow]Using the bundled demo model, trained on synthetic frames only: "
                           "train your own with `segplank train` for real data.[/]")
-        runner = _runner(cfg, ckpt, model_path, threads)
+        runner = make_runner(cfg, ckpt, model_path, threads)
         total = len(find_frames(cruise_dir, cfg.instrument, exclude=[output]))
         if total == 0:
             raise RunError(f"{cruise_dir}: no frames found (looked for {', '.join(cfg.instrument.extensions)} files "
@@ -150,26 +151,6 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
     _summary(stats, output)
     if stats.frames_done == 0 and stats.frames_resumed == 0:
         raise typer.Exit(1)
-
-
-def _runner(cfg, ckpt, model_path: Path, threads: Optional[int]):
-    """The engine the config asks for; Ray is imported only for a Ray run."""
-    e, st = cfg.engine, cfg.stream
-    if e.kind == "ray":
-        from .engine.local import RunError
-        from .engine.ray_engine import RayRunner
-
-        if st.enabled:
-            raise RunError("the Ray engine does not stitch line streams yet: use --engine local with --stream")
-        return RayRunner(cfg, ckpt, model_path, address=e.ray_address, actors=e.ray_actors,
-                         actor_cpus=threads or e.ray_actor_cpus, batch_frames=e.ray_batch_frames,
-                         frames_per_block=e.ray_frames_per_block)
-    from .engine.local import LocalRunner, resolve_device
-
-    return LocalRunner(cfg, ckpt, model_path, resolve_device(cfg.device), threads,
-                       decode_workers=e.decode_workers, write_queue=e.write_queue, stream=st.enabled,
-                       stream_band=st.band, stream_match_iou=st.match_iou, max_gap_s=st.max_gap_s,
-                       max_open_frames=st.max_open_frames)
 
 
 def _summary(stats, output: Path) -> None:
@@ -360,13 +341,14 @@ def bench(output: Path = typer.Option(Path("bench.json"), "-o", "--output", help
           work: Optional[Path] = typer.Option(None, help="Folder for the bench cruises (kept between runs)."),
           sparse_frames: int = typer.Option(20, min=1), dense_frames: int = typer.Option(4, min=1),
           threads: int = typer.Option(2, min=1),
-          memory: bool = typer.Option(False, help="Also 200- and 2,000-frame runs (512² sparse frames): peak memory must not grow.")) -> None:
+          memory: bool = typer.Option(False, help="Also 200- and 2,000-frame runs (512² sparse frames) and 50- and 500-frame "
+                                                  "line-stream runs (384² mixed): peak memory must not grow.")) -> None:
     """Frames/s, detections/s, time per stage and peak memory on fixed synthetic cruises; stitcher scaling."""
     from .bench import run_bench, write_json
     from .model.checkpoint import DEMO_MODEL
 
     result = run_bench(model or DEMO_MODEL, work, sparse_frames, dense_frames, threads,
-                       memory_frames=(200, 2000) if memory else ())
+                       memory_frames=(200, 2000) if memory else (), stream_frames=(50, 500) if memory else ())
     write_json(result, output)
     t = Table(title=f"segplank bench ({result['machine']})")
     for col in ("case", "frames/s", "det/frame", "det/s", "tiles run", "recall", "peak MB", "model", "other"):

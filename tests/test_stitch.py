@@ -175,3 +175,13 @@ def test_candidate_pairs_equal_brute_force():
                            torch.minimum(boxes[i_ref, 2:], boxes[j_ref, 2:])], 1)
         seen = ((torch.minimum(inter[:, 2:], sh[:, 2:]) - torch.maximum(inter[:, :2], sh[:, :2])) > 0).all(-1)
         assert set(zip(i.tolist(), j.tolist())) == set(zip(i_ref[seen].tolist(), j_ref[seen].tolist()))
+
+
+def test_bench_stitch_scaling_rows():
+    """The bench's stitcher table: objects cut into tiles all come back, one per object."""
+    from segplank.bench import stitch_scaling
+
+    rows = stitch_scaling(counts=(50, 200), repeat=1)
+    assert [r["objects"] for r in rows] == [50, 200]
+    for r in rows:
+        assert r["detections_in"] >= r["objects"] and r["objects_out"] == r["objects"] and r["seconds"] > 0

@@ -449,7 +449,7 @@ def profile(run_dir: Path = typer.Argument(..., help="Output folder of `segplank
               + (f"; {ex} frames without a depth were left out" if ex else ""))
 
 
-export_app = typer.Typer(no_args_is_help=True, help="Write a run's objects for other tools (EcoTaxa).")
+export_app = typer.Typer(no_args_is_help=True, help="Write a run's objects for other tools: EcoTaxa zips, COCO for annotation.")
 app.add_typer(export_app, name="export")
 
 

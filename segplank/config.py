@@ -153,7 +153,10 @@ class EngineConfig(_Section):
     may be resumed with other values here, or under the other engine."""
 
     kind: Literal["local", "ray"] = "local"
-    decode_workers: int = Field(1, ge=0)  # processes decoding and tiling frames ahead (0: in the main process)
+    # processes decoding and tiling frames ahead (0: in the main process). None: 2 on CUDA, 0 on
+    # CPU, where they would take cores from the model (measured: no gain on 2 cores, and a few
+    # seconds of start-up per run)
+    decode_workers: int | None = Field(None, ge=0)
     write_queue: int = Field(1, ge=1, le=4)  # full shards that may wait for the writer thread
     ray_address: str | None = None  # None: RAY_ADDRESS if set, else a Ray runtime started on this machine
     ray_actors: int | None = Field(None, ge=1)  # model replicas (None: one per GPU, else one per ray_actor_cpus CPUs)

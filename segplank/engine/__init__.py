@@ -17,7 +17,9 @@ def make_runner(cfg, ckpt, model_path: Path, threads: int | None = None):
         return RayRunner(cfg, ckpt, model_path, address=e.ray_address, actors=e.ray_actors,
                          actor_cpus=threads or e.ray_actor_cpus, batch_frames=e.ray_batch_frames,
                          frames_per_block=e.ray_frames_per_block)
-    return LocalRunner(cfg, ckpt, model_path, resolve_device(cfg.device), threads,
-                       decode_workers=e.decode_workers, write_queue=e.write_queue, stream=st.enabled,
+    device = resolve_device(cfg.device)
+    workers = e.decode_workers if e.decode_workers is not None else (2 if device.type == "cuda" else 0)
+    return LocalRunner(cfg, ckpt, model_path, device, threads,
+                       decode_workers=workers, write_queue=e.write_queue, stream=st.enabled,
                        stream_band=st.band, stream_match_iou=st.match_iou, max_gap_s=st.max_gap_s,
                        max_open_frames=st.max_open_frames)

@@ -212,8 +212,11 @@ def count_video_frames(video: Path) -> tuple[int, int]:
         try:
             if not cap.isOpened():
                 raise FrameError("not a readable video (OpenCV cannot open it; install PyAV: pip install av)")
-            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-            return n, n
+            claimed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            n = 0
+            while cap.grab():  # the header's count survives a truncated file; grabbing does not lie
+                n += 1
+            return n, claimed
         finally:
             cap.release()
     try:

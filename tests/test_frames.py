@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -253,7 +254,12 @@ def test_avi_frames_are_read_in_order_with_their_times(tmp_path):
     assert np.array_equal(read_frame(frames[1].path), images[1])  # backwards: reopened
 
 
-def test_truncated_and_unreadable_avi(tmp_path, caplog):
+@pytest.mark.parametrize("reader", ["pyav", "opencv"])
+def test_truncated_and_unreadable_avi(tmp_path, caplog, monkeypatch, reader):
+    if reader == "opencv":  # PyAV absent: OpenCV's reader is the fallback
+        monkeypatch.setitem(sys.modules, "av", None)
+    else:
+        pytest.importorskip("av")
     from segplank.config import InstrumentConfig
     from segplank.frames import FrameSource, find_frames
 

@@ -215,6 +215,7 @@ class RunPlan:
     stats: RunStats
     started: float
     frames: list[FrameInfo] = field(default_factory=list)  # every frame found, done or not
+    rest: list[FrameInfo] = field(default_factory=list)  # frames left to do beyond --limit
 
 
 class RunnerBase:
@@ -256,10 +257,11 @@ class RunnerBase:
             n for n, p in zip(self.names, self.ckpt.classes.is_plankton) if p))
         stats.frames_resumed = sum(1 for f in frames if _rel(f.path, cruise_dir) in done)
         todo = [f for f in frames if _rel(f.path, cruise_dir) not in done]
+        rest: list[FrameInfo] = []
         if limit is not None:
-            todo = todo[:limit]
+            todo, rest = todo[:limit], todo[limit:]
         plan = RunPlan(cruise_dir, out_dir, manifest_path, ident, todo, _next_shard(out_dir),
-                       Locator.from_cruise(cruise_dir, self.cfg.geo), stats, t0, frames)
+                       Locator.from_cruise(cruise_dir, self.cfg.geo), stats, t0, frames, rest)
         self._write_manifest(manifest_path, ident, cruise_dir, stats, final=False)
         return plan
 
@@ -418,8 +420,13 @@ class LocalRunner(RunnerBase):
         rows = RowMaker(plan.cruise_dir, plan.locator, self.ckpt.classes, self.cfg.instrument.line_rate_hz)
         gap = self.max_gap_s if self.max_gap_s is not None else 1.5 / self.cfg.instrument.frame_rate_hz
         sids = stream_ids(plan.frames, gap, self.cfg.instrument.timestamp_regex)
-        work, replay, ends = plan_stream_work(plan.frames, plan.todo, sids)
         pos = {f.path: i for i, f in enumerate(plan.frames)}
+        # --limit cut a stream: the frames after the cut may run too, until no object is open
+        # across it (at most max_open_frames of them), so a small limit still makes progress
+        extension = _stream_continuation(plan, sids, pos, self.stream_opts["max_open_frames"])
+        work, replay, ends = plan_stream_work(plan.frames, list(plan.todo) + extension, sids)
+        required = len(work) - len(extension)
+        to_do = {f.path for f in plan.todo} | {f.path for f in plan.rest}
         asm = FrameAssembler(StreamStitcher(margin=2 * self.cfg.measure.refine_dilate_px + 2, **self.stream_opts))
         n_classes = len(self.names) + 1
         found: dict = {}  # frame path → FrameCounts of the whole objects it owns
@@ -469,11 +476,15 @@ class LocalRunner(RunnerBase):
                     if on_frame:
                         on_frame(stats, len(kept))
 
+            n_seen = 0
             while True:
+                if n_seen >= required and not asm.pending:
+                    break  # the limit is reached and every frame run so far is written
                 with _timed(clock, "wait") if self.decode_workers else _untimed():
                     item = next(frames, None)
                 if item is None:
                     break
+                n_seen += 1
                 if isinstance(item, SkippedFrame):  # a missing frame ends the stream
                     stats.skipped.append(item)
                     if asm.pending:
@@ -514,8 +525,10 @@ class LocalRunner(RunnerBase):
                                       "flat_field": flat_state})
                 emit(ready)
                 last = i
-            # a stream's end closes its objects; a run stopped before it (--limit) leaves them not done
-            if last is not None and plan.frames[last].path in ends:
+            # a stream's end closes its objects, and so does a next frame done by an earlier run
+            # (this one was unreadable then); a run stopped before either leaves them not done
+            nxt = last + 1 if last is not None else None
+            if last is not None and (plan.frames[last].path in ends or plan.frames[nxt].path not in to_do):
                 emit(asm.flush(process))
             asm.drop()
             if buf.frames:
@@ -523,6 +536,20 @@ class LocalRunner(RunnerBase):
         _add_counts(clock, {"write": writer.seconds})
         self._finish(plan)
         return stats
+
+
+def _stream_continuation(plan: RunPlan, sids: np.ndarray, pos: dict, most: int) -> list[FrameInfo]:
+    """Frames after a --limit cut that continue the last frame's stream, consecutively."""
+    if not plan.todo or not plan.rest:
+        return []
+    out, i = [], pos[plan.todo[-1].path]
+    for f in plan.rest[:most]:
+        j = pos[f.path]
+        if j != i + 1 or sids[j] != sids[i]:
+            break
+        out.append(f)
+        i = j
+    return out
 
 
 def flat_field_bytes(ff) -> bytes:

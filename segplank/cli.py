@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from enum import Enum
@@ -296,6 +297,8 @@ def evaluate_cmd(gt: Path = typer.Argument(..., help="Ground-truth COCO file of 
 
     if not gt.is_file():
         _fail(f"{gt}: ground-truth file not found")
+    if write_model is not None and target_precision is None:
+        _fail("--write-model writes the thresholds chosen for --target-precision: give --target-precision too")
     if pred is not None and not pred.is_file():
         _fail(f"{pred}: predictions file not found")
     if pred is None:
@@ -391,12 +394,16 @@ def join_ctd_cmd(run_dir: Path = typer.Argument(..., help="Output folder of `seg
         logging.getLogger("segplank").warning("%s: %s", ctd_file, w)
 
     def join(df):
-        return join_ctd(df.drop(columns=[c for c in df.columns if c.startswith("ctd_")]), record, tolerance_s=tolerance)
+        df = join_ctd(df.drop(columns=[c for c in df.columns if c.startswith("ctd_")]), record, tolerance_s=tolerance)
+        return _fill_depth(df)
 
+    if record.data["time"].isna().all():
+        _fail(f"{ctd_file}: no usable CTD times (time source: {record.time_source}); "
+              "give the file a time column, or for a .cnv an NMEA UTC or start_time header")
     try:
         n_obj = rewrite_shards(run_dir, "objects", join)
         n_frames = rewrite_shards(run_dir, "frames", join)
-    except RunFolderError as e:
+    except (RunFolderError, CtdError) as e:
         _fail(str(e))
     from .runs import read_frames
 
@@ -408,6 +415,22 @@ def join_ctd_cmd(run_dir: Path = typer.Argument(..., help="Output folder of `seg
     write_json(run_dir / "manifest.json", manifest)
     out.print(f"joined {', '.join(added) or 'nothing'} from {ctd_file} (times from {record.time_source}) to "
               f"{n_obj} objects and {n_frames} frames; {missing} frames had no CTD sample within {tolerance:g} s")
+
+
+def _fill_depth(df):
+    """Objects and frames without a depth (no CTD in the cruise folder at `infer` time) take the
+    joined CTD's: its depth column, else its pressure through TEOS-10 at their latitude."""
+    from .geo import pressure_to_depth
+
+    if "depth_m" not in df.columns:
+        return df
+    missing = df["depth_m"].isna()
+    if "ctd_depth_m" in df.columns:
+        df.loc[missing, "depth_m"] = df.loc[missing, "ctd_depth_m"]
+    elif "ctd_pressure_dbar" in df.columns:
+        df.loc[missing, "depth_m"] = pressure_to_depth(df.loc[missing, "ctd_pressure_dbar"].to_numpy(),
+                                                       df.loc[missing, "lat"].to_numpy())
+    return df
 
 
 @app.command()
@@ -432,16 +455,23 @@ def profile(run_dir: Path = typer.Argument(..., help="Output folder of `segplank
     dest = output or run_dir / "profile"
     dest.mkdir(parents=True, exist_ok=True)
     conc = concentrations(objects, frames, volume, depth_bin_m=depth_bin, taxa=taxa)
+    if conc.empty:
+        _fail(f"{run_dir}: no processed frame has a depth, so there is nothing to bin; put the CTD "
+              "(ctd*.csv or *.cnv) in the cruise folder before `infer`, or run `segplank join-ctd` first")
     conc.to_csv(dest / "concentrations.csv", index=False)
     conc.to_parquet(dest / "concentrations.parquet", index=False)
     profile_figure(conc, dest / "profile.png")
-    track_map(frames, objects, dest / "track.png", volume_per_frame_l=volume)
-    written = ["concentrations.csv", "concentrations.parquet", "profile.png", "track.png"]
+    written = ["concentrations.csv", "concentrations.parquet", "profile.png"]
+    if frames[["lat", "lon"]].notna().all(axis=1).any():
+        track_map(frames, objects, dest / "track.png", volume_per_frame_l=volume, distance_bin_km=distance_bin or 1.0)
+        written.append("track.png")
+    else:
+        console.print("no frame has a position (no navigation record): no track map")
     if distance_bin:
         section = concentrations(objects, frames, volume, depth_bin_m=depth_bin, distance_bin_m=distance_bin * 1000,
                                  taxa=taxa)
         for taxon in sorted(section["taxon"].unique()):
-            name = f"section_{taxon}.tif"
+            name = "section_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", str(taxon)) + ".tif"
             section_geotiff(section, dest / name, taxon=taxon)
             written.append(name)
     ex = conc.attrs.get("excluded_frames", 0)

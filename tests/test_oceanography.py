@@ -92,3 +92,27 @@ def test_export_ecotaxa_command_writes_zips_that_pass_the_checker(run, small_cru
     with zipfile.ZipFile(zips[0]) as z:
         pngs = [n for n in z.namelist() if n.endswith(".png")]
     assert len(pngs) == len(read_objects(run))
+
+
+def test_ctd_kept_outside_the_cruise_folder_and_no_navigation(tmp_path, small_cruise, tiny_checkpoint):
+    """A UVP-like cast: no nav, the CTD joined afterwards; depths come from the join, profile still works."""
+    import shutil
+
+    cruise = tmp_path / "cast"
+    shutil.copytree(small_cruise / "frames", cruise / "frames")
+    shutil.copy(small_cruise / "cruise.yaml", cruise / "cruise.yaml")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("tiling: {tile_size: 256, overlap: 32}\nfilter: {score_threshold: 0.0}\n")
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["infer", str(cruise), "-o", str(out), "--model", str(tiny_checkpoint), "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert read_frames(out)["depth_m"].isna().all()
+    r = runner.invoke(app, ["profile", str(out)])
+    assert r.exit_code == 2 and "join-ctd" in " ".join(r.output.split())
+    r = runner.invoke(app, ["join-ctd", str(out), str(small_cruise / "ctd.csv")])
+    assert r.exit_code == 0, r.output
+    frames = read_frames(out)
+    assert frames["depth_m"].notna().all() and (frames["depth_m"] == frames["ctd_depth_m"]).all()
+    r = runner.invoke(app, ["profile", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "no track map" in r.output and (out / "profile" / "profile.png").exists()

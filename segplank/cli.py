@@ -397,6 +397,8 @@ def join_ctd_cmd(run_dir: Path = typer.Argument(..., help="Output folder of `seg
         df = join_ctd(df.drop(columns=[c for c in df.columns if c.startswith("ctd_")]), record, tolerance_s=tolerance)
         return _fill_depth(df)
 
+    if not manifest.get("complete", False):
+        _fail(f"{run_dir}: the run is not finished (frames left to do); let `segplank infer` complete, then join")
     if record.data["time"].isna().all():
         _fail(f"{ctd_file}: no usable CTD times (time source: {record.time_source}); "
               "give the file a time column, or for a .cnv an NMEA UTC or start_time header")

@@ -290,6 +290,9 @@ class RunnerBase:
         if force:
             _clear(out_dir)
             return set()
+        if old.get("ctd_join"):  # frames done from here on get no ctd_* columns until joined again
+            log.warning("%s: its CTD join (%s) will not cover the frames this run adds; rerun "
+                        "`segplank join-ctd` when it ends", out_dir, old["ctd_join"].get("file"))
         return _done_frames(out_dir)
 
     def _write_manifest(self, path: Path, ident: dict, cruise_dir: Path, stats: RunStats, final: bool) -> None:

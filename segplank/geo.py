@@ -3,14 +3,14 @@
 Positions are interpolated along the navigation track (CSV, or raw NMEA 0183 logs), depth
 from the CTD: its depth column when it has one, otherwise its pressure converted with
 TEOS-10 (``gsw.z_from_p``) at the ship's latitude. Times outside a record's coverage, or
-inside a gap of it longer than ``max_gap_s``, give NaN, never a guess; the frames they
-hit are counted (``Coverage``) so the manifest says how many had no position or depth.
+inside a gap of it longer than ``max_gap_s``, give NaN, never a guess (the engine counts
+the frames left without a position or depth from its frame tables, for the manifest).
 Every time is UTC seconds since the epoch.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -84,19 +84,6 @@ def epoch_seconds(ts: list[datetime | None]) -> np.ndarray:
     return np.array([t.timestamp() if t is not None else np.nan for t in ts], np.float64)
 
 
-@dataclass
-class Coverage:
-    """Frames that fell outside the navigation or CTD record (their objects got NaN)."""
-
-    frames: int = 0
-    outside_nav: int = 0
-    outside_ctd: int = 0
-    examples: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {"frames": self.frames, "outside_nav": self.outside_nav, "outside_ctd": self.outside_ctd}
-
-
 @dataclass(frozen=True)
 class Position:
     lat: np.ndarray
@@ -115,7 +102,6 @@ class Locator:
         self.nav = nav
         self.ctd = ctd
         self.max_gap_s = max_gap_s
-        self.coverage = Coverage()
 
     @property
     def depth_source(self) -> str:
@@ -129,7 +115,7 @@ class Locator:
 
     def describe(self) -> dict:
         return {"nav": str(self.nav.source) if self.nav else None, "ctd": str(self.ctd.source) if self.ctd else None,
-                "depth_from": self.depth_source, "max_gap_s": self.max_gap_s, **self.coverage.as_dict()}
+                "depth_from": self.depth_source, "max_gap_s": self.max_gap_s}
 
     @classmethod
     def from_cruise(cls, cruise_dir: Path, cfg: GeoConfig | None = None) -> "Locator":
@@ -166,28 +152,6 @@ class Locator:
             elif "pressure_dbar" in self.ctd.columns:
                 depth = pressure_to_depth(self.ctd.at(times, "pressure_dbar", self.max_gap_s), lat, self._mean_lat())
         return Position(lat, lon, depth)
-
-    def frame(self, time_s: float, name: str) -> Position:
-        """Position at one frame's time, counting the frame when it lies outside a record."""
-        pos = self(np.array([time_s]))
-        c = self.coverage
-        c.frames += 1
-        off_nav = not np.isfinite(pos.lat[0])
-        off_ctd = not np.isfinite(pos.depth_m[0])
-        c.outside_nav += off_nav
-        c.outside_ctd += off_ctd
-        if (off_nav or off_ctd) and len(c.examples) < 3:
-            c.examples.append(name)
-        return pos
-
-    def warn_coverage(self) -> None:
-        """One warning per run, not one per frame."""
-        c = self.coverage
-        if c.outside_nav or c.outside_ctd:
-            log.warning("%d of %d frames had no position (outside the navigation record: %s) and %d no depth "
-                        "(outside the CTD record: %s); their objects have NaN there, e.g. %s",
-                        c.outside_nav, c.frames, self.nav.source if self.nav else "none found",
-                        c.outside_ctd, self.ctd.source if self.ctd else "none found", ", ".join(c.examples))
 
     def _mean_lat(self) -> float:
         if self.nav is not None and "lat" in self.nav.columns and np.isfinite(self.nav.columns["lat"]).any():

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segplank.config import GeoConfig, load_config
+from segplank.config import load_config
 from segplank.frames import find_frames
 from segplank.geo import Locator, Track, epoch_seconds, pressure_to_depth
 from segplank.synth.environment import Environment, saunders_pressure_dbar
@@ -78,17 +78,6 @@ def test_southern_western_nmea_track(tmp_path):
     t0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC).timestamp()
     pos = loc(np.array([t0, t0 + 5, t0 + 10]))
     assert np.allclose(pos.lat, [-33.5, -33.505, -33.51]) and np.allclose(pos.lon, [-70.25, -70.255, -70.26])
-
-
-def test_frames_outside_the_records_are_counted_once(tmp_path, caplog):
-    pd.DataFrame({"time": ["2026-06-01T12:00:00Z", "2026-06-01T12:00:10Z"], "lat": [43.0, 43.1],
-                  "lon": [7.0, 7.1]}).to_csv(tmp_path / "nav.csv", index=False)
-    loc = Locator.from_cruise(tmp_path, GeoConfig())
-    for k, dt in enumerate([5.0, 50.0, 60.0]):
-        loc.frame(START + dt, f"f{k}.png")
-    assert loc.coverage.as_dict() == {"frames": 3, "outside_nav": 2, "outside_ctd": 3}
-    loc.warn_coverage()
-    assert caplog.text.count("had no position") == 1 and "f1.png" in caplog.text
 
 
 def test_missing_or_bad_records_give_nan(tmp_path, caplog):

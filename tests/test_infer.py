@@ -181,3 +181,21 @@ def test_stream_option(tmp_path, small_cruise, tiny_checkpoint):
     assert sorted(frames) == sorted(set(frames)) and len(frames) == 3
     r = _infer(small_cruise, tmp_path / "r", tiny_checkpoint, cfg, "--stream", "--engine", "ray")
     assert r.exit_code != 0 and "does not stitch line streams" in " ".join(r.output.split())
+
+
+def test_frames_outside_the_records_are_counted_once(tmp_path, small_cruise, tiny_checkpoint, caplog):
+    """Navigation covering the first frame only, no CTD: counted in the manifest, one warning, and a
+    resumed run counts every frame of the output, not only its own."""
+    cruise = tmp_path / "c"
+    shutil.copytree(small_cruise / "frames", cruise / "frames")
+    shutil.copy(small_cruise / "cruise.yaml", cruise / "cruise.yaml")
+    nav = (small_cruise / "nav.csv").read_text().splitlines()
+    (cruise / "nav.csv").write_text("\n".join([nav[0]] + [l for l in nav[1:] if l < "2026-06-01T12:00:01"]) + "\n")
+    out, cfg = tmp_path / "out", _cfg(tmp_path)
+    assert _infer(cruise, out, tiny_checkpoint, cfg, "--limit", "1").exit_code == 0
+    r = _infer(cruise, out, tiny_checkpoint, cfg)
+    assert r.exit_code == 0, r.output
+    geo = json.loads((out / "manifest.json").read_text())["geo"]
+    assert (geo["frames"], geo["outside_nav"], geo["outside_ctd"]) == (3, 2, 3)
+    assert geo["nav"].endswith("nav.csv") and geo["ctd"] is None
+    assert " ".join(r.output.split()).count("had no position") == 1

@@ -58,8 +58,6 @@ class FrameSummary:
     capped: int  # tiles whose candidates filled detections_per_tile
     detected: dict[str, int]  # every detection per class, written or not
     written: dict[str, int]  # objects written per class
-    outside_nav: bool
-    outside_ctd: bool
     seconds: dict[str, float] = field(default_factory=dict)  # stage seconds spent elsewhere (Ray workers)
 
     @property
@@ -175,7 +173,7 @@ class RowMaker:
                  capped: int, shard: int = -1) -> tuple[FrameOutput, FrameSummary]:
         rel = _rel(tf.frame.path, self.cruise_dir)
         t_frame = epoch_seconds([tf.frame.timestamp])[0]
-        at_frame = self.locator.frame(t_frame, rel)
+        at_frame = self.locator(np.array([t_frame]))
         times = self._object_times(t_frame, cols["centroid_y"])
         pos = self.locator(times)
         table = object_rows(kept, self.names, self._plankton[kept.labels], rel,
@@ -184,8 +182,7 @@ class RowMaker:
                           _frame_row(rel, tf, counts, self.names, shard, at_frame))
         per_label = np.bincount(kept.labels, minlength=len(self.names) + 1)[1:]
         summary = FrameSummary(rel, counts.tiles, counts.tiles_run, capped, _named(counts.per_class[1:], self.names),
-                               _named(per_label, self.names), not np.isfinite(at_frame.lat[0]),
-                               not np.isfinite(at_frame.depth_m[0]))
+                               _named(per_label, self.names))
         return out, summary
 
     def _object_times(self, t_frame: float, centroid_y: np.ndarray) -> np.ndarray:
@@ -320,12 +317,10 @@ class RunnerBase:
     def _finish(self, plan: RunPlan) -> None:
         """Merge COCO shards; after a resume, the manifest's counts cover every run, from the frame tables."""
         stats, out_dir = plan.stats, plan.out_dir
-        stats.geo = plan.locator.describe()
-        plan.locator.warn_coverage()
         stats.seconds = time.time() - plan.started
         if stats.frames_resumed:
             stats.per_class, stats.written_per_class, stats.objects = _totals(out_dir)
-            stats.geo.update(_coverage(out_dir))
+        stats.geo = {**plan.locator.describe(), **_coverage(out_dir, plan.locator)}
         cats = coco_categories(self.names, list(self.ckpt.classes.is_plankton))
         shards = sorted((out_dir / "coco").glob("part-*.json"))
         if self.cfg.output.coco:
@@ -704,10 +699,21 @@ def _totals(out_dir: Path) -> tuple[dict[str, int], dict[str, int], int]:
     return per_class, written, len(names)
 
 
-def _coverage(out_dir: Path) -> dict[str, int]:
-    """Frames without a position or a depth, over every shard of the output."""
-    t = pq.read_table(out_dir / "frames", columns=["lat", "depth_m"]).to_pandas()
-    return {"frames": len(t), "outside_nav": int(t["lat"].isna().sum()), "outside_ctd": int(t["depth_m"].isna().sum())}
+def _coverage(out_dir: Path, locator: Locator) -> dict[str, int]:
+    """Frames without a position or a depth, over every shard of the output (every run of it);
+    one warning, not one per frame."""
+    parts = sorted((out_dir / "frames").glob("part-*.parquet"))
+    if not parts:
+        return {"frames": 0, "outside_nav": 0, "outside_ctd": 0}
+    t = pq.read_table(parts, columns=["frame_path", "lat", "depth_m"]).to_pandas()
+    off_nav, off_ctd = t["lat"].isna(), t["depth_m"].isna()
+    if off_nav.any() or off_ctd.any():
+        log.warning("%d of %d frames had no position (outside the navigation record: %s) and %d no depth "
+                    "(outside the CTD record: %s); their objects have NaN there, e.g. %s",
+                    off_nav.sum(), len(t), locator.nav.source if locator.nav else "none found", off_ctd.sum(),
+                    locator.ctd.source if locator.ctd else "none found",
+                    ", ".join(t.loc[off_nav | off_ctd, "frame_path"].head(3)))
+    return {"frames": len(t), "outside_nav": int(off_nav.sum()), "outside_ctd": int(off_ctd.sum())}
 
 
 def _rel(path: Path, root: Path) -> str:

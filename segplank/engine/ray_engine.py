@@ -33,7 +33,7 @@ import torch
 
 from ..config import PipelineConfig, build_config, dump_config
 from ..frames import SkippedFrame
-from ..geo import Coverage, Locator
+from ..geo import Locator
 from ..model.checkpoint import Checkpoint, load_checkpoint
 from ..structures import FrameInfo
 from .local import (FrameOutput, FrameSummary, RowMaker, RunError, RunnerBase, RunPlan, RunStats, _ShardBuffer,
@@ -161,7 +161,6 @@ class RayRunner(RunnerBase):
                 skipped.append((int(row["ordinal"]), item))
                 continue
             self._account(stats, item)
-            _cover(plan.locator.coverage, item)
             if on_frame:
                 on_frame(stats, item.objects)
         stats.skipped = [s for _, s in sorted(skipped, key=lambda x: x[0])]
@@ -172,15 +171,6 @@ def _plain(cfg: PipelineConfig) -> dict[str, Any]:
     data = dump_config(cfg)
     data.pop("engine", None)
     return data
-
-
-def _cover(c: Coverage, s: FrameSummary) -> None:
-    """Count a frame outside the navigation or CTD record, as ``Locator.frame`` does locally."""
-    c.frames += 1
-    c.outside_nav += s.outside_nav
-    c.outside_ctd += s.outside_ctd
-    if (s.outside_nav or s.outside_ctd) and len(c.examples) < 3:
-        c.examples.append(s.path)
 
 
 # --- what runs on the workers -------------------------------------------------------------

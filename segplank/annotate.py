@@ -46,6 +46,7 @@ from pycocotools import mask as mask_utils
 
 from .export.atomic import write_json
 from .export.coco import coco_categories
+from .export.rle import decode_cropped
 from .runs import frames_root, read_manifest, read_objects
 
 log = logging.getLogger("segplank")
@@ -106,8 +107,7 @@ def _objects(run_dir: Path, manifest: dict, include_non_plankton: bool) -> pd.Da
 
 def box_masks(rows: pd.DataFrame) -> list[np.ndarray]:
     """The rows' masks as bool bitmaps cropped to their boxes (``mask_rle`` is box-relative)."""
-    return [mask_utils.decode({"size": [int(h), int(w)], "counts": str(c).encode("ascii")}).astype(bool)
-            for c, w, h in zip(rows["mask_rle"], rows["bbox_w"], rows["bbox_h"])]
+    return [decode_cropped(c, w, h) for c, w, h in zip(rows["mask_rle"], rows["bbox_w"], rows["bbox_h"])]
 
 
 def model_scale_8bit(image: np.ndarray) -> np.ndarray:

@@ -50,10 +50,12 @@ from typing import Any, Callable, Iterable, Literal
 import cv2
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
+import pyarrow as pa
 
 from .atomic import atomic_path, write_json
-from ..runs import frames_root
+from ..features import zooprocess_features
+from ..runs import RunFolderError, frames_root, read_frames, read_objects
+from .rle import decode_cropped
 
 log = logging.getLogger("segplank")
 
@@ -123,7 +125,7 @@ def export_ecotaxa(run_dir: Path, out: Path | None = None, *, sample_by: SampleB
     manifest = _read_manifest(run_dir)
     table = _read_objects(run_dir, plankton_only)
     project = _safe_id(project or Path(str(manifest.get("cruise_dir") or run_dir.name)).name or run_dir.name)
-    compute = _features_function(features) if len(table) else None
+    compute = zooprocess_features if features and len(table) else None
     settings = _settings(manifest, project, sample_by, window_minutes, pad_px, scale_bar_mm, compute is not None)
     if scale_bar_mm is not None:
         _bar_px(scale_bar_mm, settings.pixel_size_um)  # refuse an impossible bar before any work
@@ -159,10 +161,10 @@ def _read_manifest(run_dir: Path) -> dict:
 
 def _read_objects(run_dir: Path, plankton_only: bool) -> pd.DataFrame:
     """The object table, in time order (undated last), plankton only unless asked otherwise."""
-    parts = sorted((run_dir / "objects").glob("part-*.parquet"))
-    if not parts:
-        raise FileNotFoundError(f"{run_dir}: no objects/part-*.parquet; run `segplank infer` first")
-    df = pq.read_table(parts).to_pandas()
+    try:
+        df = read_objects(run_dir)  # shard by shard: shards before and after a CTD join differ in columns
+    except RunFolderError as e:
+        raise FileNotFoundError(str(e)) from None
     if plankton_only and "is_plankton" in df:
         df = df[df["is_plankton"].fillna(False).astype(bool)]
     df = df.assign(_sec=_epoch_seconds(df["time"]))
@@ -270,11 +272,11 @@ def cast_samples(seconds: np.ndarray, starts: np.ndarray, project: str) -> np.nd
 
 def _depth_record(run_dir: Path, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(seconds, depth) of every frame where the run has a frame table, else of the objects."""
-    parts = sorted((run_dir / "frames").glob("part-*.parquet"))
-    if parts:
-        frames = pq.read_table(parts).to_pandas()
-        if {"time", "depth_m"} <= set(frames.columns):
-            return _epoch_seconds(frames["time"]), frames["depth_m"].to_numpy(float, na_value=np.nan)
+    try:  # two columns, not the whole table (stream runs keep a flat-field state per frame)
+        frames = read_frames(run_dir, ["time", "depth_m"])
+        return _epoch_seconds(frames["time"]), frames["depth_m"].to_numpy(float, na_value=np.nan)
+    except (RunFolderError, KeyError, pa.ArrowInvalid):  # no frame table, or one older than depths
+        pass
     return table["_sec"].to_numpy(float), table["depth_m"].to_numpy(float, na_value=np.nan)
 
 
@@ -351,13 +353,9 @@ def _vignettes(rows: pd.DataFrame, image: np.ndarray, s: _Settings) -> list[byte
 
 def _masks(rows: pd.DataFrame):
     """Box-relative RLE back to CroppedMasks (bbox_x, bbox_y are each bitmap's origin)."""
-    from pycocotools import mask as mask_utils
-
     from segplank.structures import CroppedMasks
 
-    bitmaps = tuple(
-        mask_utils.decode({"size": [int(h), int(w)], "counts": str(c).encode("ascii")}).astype(bool)
-        for c, w, h in zip(rows["mask_rle"], rows["bbox_w"], rows["bbox_h"]))
+    bitmaps = tuple(decode_cropped(c, w, h) for c, w, h in zip(rows["mask_rle"], rows["bbox_w"], rows["bbox_h"]))
     origins = rows[["bbox_x", "bbox_y"]].to_numpy(np.int64).reshape(-1, 2)
     return CroppedMasks(origins, bitmaps)
 
@@ -379,19 +377,6 @@ def _column_name(raw: Any) -> str:
     """``object_<name>``: lower case (EcoTaxa lowercases headers), no blank or double quote."""
     name = re.sub(r'[\s"]+', "_", str(raw).strip().lower())
     return name if name.startswith("object_") else f"object_{name}"
-
-
-def _features_function(wanted: bool) -> Callable[..., pd.DataFrame] | None:
-    if not wanted:
-        return None
-    try:
-        from segplank.features import zooprocess_features
-    except ModuleNotFoundError as e:
-        if e.name != "segplank.features":
-            raise
-        log.warning("ZooProcess features are not available in this segplank; exporting without them")
-        return None
-    return zooprocess_features
 
 
 # --- writing -----------------------------------------------------------------------------

@@ -21,6 +21,11 @@ def encode_cropped(bitmap: np.ndarray) -> dict:
     return {"size": [int(bitmap.shape[0]), int(bitmap.shape[1])], "counts": rle["counts"].decode("ascii")}
 
 
+def decode_cropped(counts: str, width: int, height: int) -> np.ndarray:
+    """Bool bitmap of a box-relative RLE (the inverse of ``encode_cropped``)."""
+    return mask_utils.decode({"size": [int(height), int(width)], "counts": str(counts).encode("ascii")}).astype(bool)
+
+
 def encode_in_frame(bitmap: np.ndarray, origin: tuple[int, int], height: int, width: int) -> dict:
     """Frame-relative COCO RLE of a bitmap placed at ``origin`` (x0, y0).
 

@@ -107,7 +107,8 @@ def test_each_object_once_whole_and_owned_by_its_first_frame(soft):
     for gt in masks:
         ious = [mask_iou(gt, p) for p in pred]
         best = int(np.argmax(ious))
-        assert ious[best] >= 0.9, (ious[best], np.nonzero(gt.any(1))[0][[0, -1]])
+        # exact with hard masks; 56² soft masks resampled to the boxes lose under 1 %
+        assert ious[best] >= (1.0 if soft is None else 0.99), (ious[best], np.nonzero(gt.any(1))[0][[0, -1]])
         assert owners[best] == np.flatnonzero(gt.any(1))[0] // H  # the frame of its first line
 
 
@@ -116,13 +117,13 @@ def test_without_stream_stitching_objects_come_out_as_fragments():
     masks = _stream_scene()
     frames = [_perfect_frame(masks, k) for k in range(N_FRAMES)]
     n = sum(len(f) for f in frames)
-    assert n > len(masks) + 6
+    assert (len(masks), n) == (9, 18)
     pred = []
     for k, f in enumerate(frames):
         for (ox, oy), bm in zip(f.masks.origins, f.masks.bitmaps):
             pred.append(paste(np.array([ox, oy + k * H]), bm, (TALL, W)))
-    crossing = [gt for gt in masks if len(np.unique(np.flatnonzero(gt.any(1)) // H)) > 1]
-    assert all(max(mask_iou(gt, p) for p in pred) < 0.9 for gt in crossing[:4])
+    best = sorted(max(mask_iou(gt, p) for p in pred) for gt in masks)
+    assert sum(b < 0.9 for b in best) == 6 and max(best[:6]) < 0.61  # 6 of the 9 only in pieces
 
 
 def test_touching_across_the_cut_stay_two():
@@ -346,7 +347,7 @@ def test_synthetic_line_scan_cruise_each_organism_once_and_whole(seed):
     assert len(pred) == len(gt)
     for g in gt:
         ious = [_crop_iou((g.x0, g.y0, g.mask), p) for p in pred]
-        assert max(ious) >= 0.9 and owners[int(np.argmax(ious))] == g.owner
+        assert max(ious) == 1.0 and owners[int(np.argmax(ious))] == g.owner
     # per frame, as tools without the stream do: duplicates and fragments
     assert sum(len(f.objects) for f in frames) > len(gt)
 
@@ -408,3 +409,80 @@ def test_stream_limit_one_makes_progress_every_run(tmp_path, small_cruise, tiny_
         man = json.loads((tmp_path / "o" / "manifest.json").read_text())
         done.append(man["frames"]["done_before"] + man["frames"]["done_this_run"])
     assert done[0] >= 1 and all(b > a for a, b in zip(done, done[1:]) if a < 3) and done[-1] == 3
+
+
+def _perfect_engine_detector(monkeypatch, cruise):
+    """Replace the engine's model + tile stitcher by the cruise's ground truth, frame by frame:
+    the engine's stream path is then judged on organisms that really cross the cuts."""
+    import json
+
+    from pycocotools import mask as mask_utils
+
+    from segplank.engine.stages import FrameDetector
+
+    gt = json.loads((cruise / "ground_truth.coco.json").read_text())
+    by_name = {Path(im["file_name"]).name: (im, []) for im in gt["images"]}
+    ids = {im["id"]: Path(im["file_name"]).name for im in gt["images"]}
+    for a in gt["annotations"]:
+        by_name[ids[a["image_id"]]][1].append(a)
+
+    def detect(self, tf, clock=None):
+        im, anns = by_name[Path(tf.frame.path).name]
+        boxes, probs = [], []
+        for a in anns:
+            m = mask_utils.decode(mask_utils.frPyObjects(a["segmentation"], im["height"], im["width"])
+                                  if isinstance(a["segmentation"], list) else a["segmentation"])
+            ys, xs = np.nonzero(m)
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            crop = m[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32)
+            probs.append(cv2.resize(crop, (56, 56), interpolation=cv2.INTER_AREA))
+        n = len(boxes)
+        dets = Detections(boxes=torch.tensor(np.array(boxes, np.float32).reshape(-1, 4)),
+                          scores=torch.full((n,), 0.9), labels=torch.tensor([a["category_id"] for a in anns]),
+                          masks=RoiMasks(torch.tensor(np.array(probs, np.float32).reshape(-1, 56, 56))),
+                          frame=tf.frame)
+        return dets, 0
+
+    monkeypatch.setattr(FrameDetector, "__call__", detect)
+
+
+def test_engine_stream_with_organisms_across_cuts(tmp_path, tiny_checkpoint, monkeypatch):
+    """Through the engine (refinement, measurement, writers, resume): every organism once, some
+    spanning cuts, owned by the frame of its first line; frame by frame the same feed gives more."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from segplank.synth import make_cruise
+
+    cruise = tmp_path / "c"
+    make_cruise(cruise, 5, seed=5, size=(128, 256))
+    truth = json.loads((cruise / "ground_truth_stream.json").read_text())["objects"]
+    assert any(len(o["frames"]) > 1 for o in truth)
+    _perfect_engine_detector(monkeypatch, cruise)
+    extra = {"filter": {"score_threshold": 0.0, "keep_non_plankton": True}}
+    runner = _stream_run(cruise, tiny_checkpoint, tmp_path, extra)
+    runner.run(cruise, tmp_path / "whole")
+    t = pq.read_table(tmp_path / "whole" / "objects").to_pandas()
+    assert len(t) == len(truth)
+    frame_of = {Path(p).name: k for k, p in enumerate(sorted(t["frame_path"].unique()))}
+    crossing = t[t["bbox_y"] + t["bbox_h"] > 128]
+    assert len(crossing) == sum(len(o["frames"]) > 1 for o in truth) > 0
+    # each object starts on its organism's first line (within the soft masks' resampling), in its owner frame
+    starts = sorted(zip(t["frame_path"].map(lambda p: frame_of[Path(p).name]), t["bbox_y"]))
+    truth_starts = sorted((o["owner_frame"], o["y0"] - 128 * o["owner_frame"]) for o in truth)
+    assert [f for f, _ in starts] == [f for f, _ in truth_starts]
+    assert np.abs(np.array([y for _, y in starts]) - np.array([y for _, y in truth_starts])).max() <= 4
+    # killed after 2 frames, resumed: the objects open across the cut are rebuilt, none twice
+    runner.run(cruise, tmp_path / "part", limit=2)
+    runner.run(cruise, tmp_path / "part")
+    assert _objects(tmp_path / "part") == _objects(tmp_path / "whole")
+    # the same feed without the stream: the crossing organisms come out in pieces
+    from segplank.config import load_config
+    from segplank.engine.local import LocalRunner
+    from segplank.model.checkpoint import load_checkpoint
+
+    cfg = load_config(None, cruise, {"tiling": {"tile_size": 256, "overlap": 32}, **extra})
+    LocalRunner(cfg, load_checkpoint(tiny_checkpoint), tiny_checkpoint, torch.device("cpu"), threads=1).run(
+        cruise, tmp_path / "flat")
+    assert pq.read_table(tmp_path / "flat" / "objects").num_rows > len(truth)

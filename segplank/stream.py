@@ -19,7 +19,8 @@ Three pieces, each usable alone:
   is bounded by the longest open object, and by ``max_open_frames`` whatever happens.
 - :class:`ColumnFlatField` removes the vertical streaks and slow brightness drift of a
   line-scan sensor with a running per-column background, carried from frame to frame
-  (``state_dict`` / ``load_state_dict`` for resumed runs); it never stores the stream.
+  (``to_bytes`` / ``load_bytes``: what a frame-table row keeps for resumed runs); it never
+  stores the stream.
 
 :class:`FrameAssembler` is the engines' bookkeeping around the stitcher: whole objects go
 back to the frame of their first line, and a frame is released (written, then marked done)
@@ -35,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .frames import split_video_frame
 from .structures import CroppedMasks, Detections, FrameInfo
 
 log = logging.getLogger("segplank")
@@ -47,17 +49,13 @@ def stream_key(path: Path, timestamp_regex: str | None = None) -> tuple[str, str
 
     A video frame (``clip.avi/clip_000012``) belongs to its video's folder and naming.
     """
-    path = Path(path)
-    if path.parent.suffix.lower() in VIDEO_SUFFIXES:
-        path = path.parent
+    video = split_video_frame(path)
+    path = video[0] if video else Path(path)
     name = path.name
     if timestamp_regex:
         name = re.sub(timestamp_regex, "#", name)
     name = re.sub(r"\d+", "#", name)
     return str(path.parent), name
-
-
-VIDEO_SUFFIXES = (".avi",)
 
 
 def stream_ids(frames: Sequence[FrameInfo], max_gap_s: float | None, timestamp_regex: str | None = None,
@@ -69,11 +67,12 @@ def stream_ids(frames: Sequence[FrameInfo], max_gap_s: float | None, timestamp_r
     time limit), or goes backwards. Each gap inside one folder is logged as one warning.
     """
     out = np.zeros(len(frames), np.int64)
+    keys = [stream_key(f.path, timestamp_regex) for f in frames]
     sid = 0
     for k in range(1, len(frames)):
         a, b = frames[k - 1], frames[k]
         reason = None
-        if stream_key(a.path, timestamp_regex) != stream_key(b.path, timestamp_regex):
+        if keys[k - 1] != keys[k]:
             reason = "other folder or naming"
         elif (a.timestamp is None) != (b.timestamp is None):
             reason = "time missing"
@@ -271,10 +270,6 @@ class StreamStitcher:
         self.next_row = 0  # stream row where the next frame starts
         self.pushed = 0  # frames pushed since the stream started
 
-    @property
-    def open_count(self) -> int:
-        return 0 if self._open is None else len(self._open)
-
     def open_owners(self) -> np.ndarray:
         """Push numbers of the frames that own an open object."""
         return np.unique(self._owner)
@@ -328,16 +323,6 @@ class StreamStitcher:
         out = self._closed(d, self._owner, np.ones(len(d), bool))
         self.reset()
         return out
-
-    def state_dict(self) -> dict:
-        """What a resumed run would need to continue this stream exactly (small: open objects and rows)."""
-        return {"open": self._open, "owner": self._owner.copy(), "rows": self._rows, "rows0": self._rows0,
-                "next_row": self.next_row, "pushed": self.pushed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._open, self._owner = state["open"], np.asarray(state["owner"], np.int64)
-        self._rows, self._rows0 = state["rows"], int(state["rows0"])
-        self.next_row, self.pushed = int(state["next_row"]), int(state["pushed"])
 
     # --- internals ---
 
@@ -541,14 +526,18 @@ class ColumnFlatField:
             return np.clip(np.rint(out), info.min, info.max).astype(image.dtype)
         return out.astype(image.dtype)
 
-    def state_dict(self) -> dict:
-        return {"block": self.block, "window": self.window, "level": self.level,
-                "background": None if self.background is None else self.background.tolist()}
+    def to_bytes(self) -> bytes:
+        """The running state, exactly: float64 [level, *background] (NaN: not set yet); block and
+        window are the config's."""
+        level = np.nan if self.level is None else float(self.level)
+        bg = np.zeros(0) if self.background is None else np.asarray(self.background, np.float64)
+        return np.concatenate([[level], bg]).astype("<f8").tobytes()
 
-    def load_state_dict(self, state: dict) -> None:
-        self.block, self.window, self.level = int(state["block"]), int(state["window"]), state["level"]
-        bg = state.get("background")
-        self.background = None if bg is None else np.asarray(bg, np.float64)
+    def load_bytes(self, data: bytes) -> None:
+        """Restore what ``to_bytes`` saved."""
+        a = np.frombuffer(data, "<f8")
+        self.level = None if np.isnan(a[0]) else float(a[0])
+        self.background = a[1:].astype(np.float64) if len(a) > 1 else None
 
 
 # --- what a (resumed) run processes --------------------------------------------------------

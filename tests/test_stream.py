@@ -219,9 +219,8 @@ def test_column_flat_field_removes_streaks_and_drift_across_frames():
             assert np.abs(bg.mean(0) - bg.mean()).max() < 3
             assert abs(bg.mean() - ff.level) < 3
         assert out[55, 210] < 100
-    state = ff.state_dict()
-    other = ColumnFlatField()
-    other.load_state_dict(state)
+    other = ColumnFlatField(ff.block, ff.window)
+    other.load_bytes(ff.to_bytes())
     img = np.full((H, W), 180, np.uint8)
     assert np.array_equal(ff(img), other(img))
 
@@ -358,7 +357,6 @@ def test_engine_stream_flat_field_saved_with_each_frame_and_resumed_exactly(tmp_
     (--limit) and resumed restores it: the same objects and the same states as one run."""
     import pyarrow.parquet as pq
 
-    from segplank.engine.local import flat_field_bytes
     from segplank.frames import read_frame
     from segplank.synth import make_cruise
 
@@ -377,7 +375,7 @@ def test_engine_stream_flat_field_saved_with_each_frame_and_resumed_exactly(tmp_
     ff = ColumnFlatField(32, 256)
     expect = []
     for p in sorted((cruise / "frames").glob("*.png")):
-        expect.append((f"frames/{p.name}", flat_field_bytes(ff)))
+        expect.append((f"frames/{p.name}", ff.to_bytes()))
         ff(read_frame(p))
     assert states(whole) == expect
 

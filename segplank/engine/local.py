@@ -116,7 +116,7 @@ FRAME_SCHEMA = pa.schema([("frame_path", pa.string()), ("frame_index", pa.int64(
                           ("objects_written", pa.int32()), ("counts", pa.string()),
                           ("lat", pa.float64()), ("lon", pa.float64()), ("depth_m", pa.float64()),
                           # line stream with stream.flat_field: the flat-field state the frame started
-                          # from (``flat_field_bytes``), what a resumed run restores; null otherwise
+                          # from (``ColumnFlatField.to_bytes``), what a resumed run restores; null otherwise
                           ("flat_field", pa.binary())])
 
 
@@ -443,13 +443,13 @@ class LocalRunner(RunnerBase):
         # workers only decode, and frames are tiled here, after it. Each stream starts afresh; a
         # replayed frame (resumption) starts from the state saved with it.
         sc = self.cfg.stream
-        flat = ColumnFlatField(sc.flat_field_block, sc.flat_field_window) if sc.flat_field else None
-        saved = _saved_flat_fields(plan.out_dir, {_rel(p, plan.cruise_dir) for p in replay}) if flat else {}
+        flat: ColumnFlatField | None = None  # a fresh one at each stream's start
+        saved = _saved_flat_fields(plan.out_dir, {_rel(p, plan.cruise_dir) for p in replay}) if sc.flat_field else {}
 
         shard, buf = plan.first_shard, _ShardBuffer()
         last = None
-        frames = prefetch(work, None if flat else self.tiler, self.decode_workers,
-                          pin_memory=self.device.type == "cuda" and not flat)
+        frames = prefetch(work, None if sc.flat_field else self.tiler, self.decode_workers,
+                          pin_memory=self.device.type == "cuda" and not sc.flat_field)
         with closing(frames), ShardWriter(plan.out_dir, self.write_queue) as writer:
             def emit(ready) -> None:
                 nonlocal shard, buf
@@ -496,7 +496,7 @@ class LocalRunner(RunnerBase):
                 if starts and last is not None:
                     emit(asm.flush(process))
                 flat_state = None
-                if flat is not None:
+                if sc.flat_field:
                     if starts:
                         flat = ColumnFlatField(sc.flat_field_block, sc.flat_field_window)
                         if tf.frame.path in replay:
@@ -505,8 +505,8 @@ class LocalRunner(RunnerBase):
                                 log.warning("%s: no flat-field state saved with it; its stream's background "
                                             "starts afresh there", rel)
                             else:
-                                load_flat_field(flat, saved[rel])
-                    flat_state = flat_field_bytes(flat)
+                                flat.load_bytes(saved[rel])
+                    flat_state = flat.to_bytes()
                     with _timed(clock, "flat_field"):
                         image = flat(tf.image)
                     with _timed(clock, "tile"):
@@ -548,21 +548,6 @@ def _stream_continuation(plan: RunPlan, sids: np.ndarray, pos: dict, most: int) 
         out.append(f)
         i = j
     return out
-
-
-def flat_field_bytes(ff) -> bytes:
-    """A ``ColumnFlatField``'s running state as bytes, exactly: float64 [level, *background]
-    (NaN: not set yet); what a frame-table row keeps of the state its frame started from."""
-    level = np.nan if ff.level is None else float(ff.level)
-    bg = np.zeros(0) if ff.background is None else np.asarray(ff.background, np.float64)
-    return np.concatenate([[level], bg]).astype("<f8").tobytes()
-
-
-def load_flat_field(ff, data: bytes) -> None:
-    """Restore what ``flat_field_bytes`` saved (block and window come from the config)."""
-    a = np.frombuffer(data, "<f8")
-    ff.level = None if np.isnan(a[0]) else float(a[0])
-    ff.background = a[1:].astype(np.float64) if len(a) > 1 else None
 
 
 def _saved_flat_fields(out_dir: Path, paths: set[str]) -> dict[str, bytes | None]:

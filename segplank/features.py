@@ -404,8 +404,8 @@ def _histogram_features(obj: np.ndarray, grey: np.ndarray, levels: int, step: in
     below histcum_q. symetriehc/vc: the symmetry indices of those pixels for histcum3.
     """
     top = levels - 1
-    vals = _integer_levels(grey[obj], levels)
-    hist = np.bincount(vals, minlength=levels)[:top].astype(np.float64)
+    every = _integer_levels(grey, levels)  # once for the whole box: the histogram and the vignette
+    hist = np.bincount(every[obj], minlength=levels)[:top].astype(np.float64)
     total = hist.sum()
     if total == 0:
         return {}
@@ -415,7 +415,7 @@ def _histogram_features(obj: np.ndarray, grey: np.ndarray, levels: int, step: in
     while h3 < top - 1 and hist[h3] == 0:
         h3 += 1
     cuts = (raw[0], raw[1], h3)
-    lv = np.where(obj, _integer_levels(grey, levels), top)  # ZooProcess's vignette: background at top
+    lv = np.where(obj, every, top)  # ZooProcess's vignette: background at top
     out: dict[str, float] = {
         "histcum1": cuts[0], "histcum2": cuts[1], "histcum3": cuts[2],
         "slope": float(hist.std(ddof=1) / np.arange(top, dtype=np.float64).std(ddof=1)),

@@ -237,6 +237,61 @@ def train(coco: list[Path] = typer.Argument(..., help="COCO annotations of full 
               f"{files.csv.name}, {files.png.name}; metrics: {ckpt.metrics}")
 
 
+@app.command("train-classifier")
+def train_classifier_cmd(
+        coco: list[Path] = typer.Argument(..., help="COCO annotations of full frames (the checkpoint's class names)."),
+        model: Path = typer.Option(..., "--model", "-m", help="The detector checkpoint the classifier joins."),
+        output: Path = typer.Option(Path("model.pt"), "-o", "--output", help="The checkpoint with its classifier."),
+        images: Optional[Path] = typer.Option(None, help="Image root (default: each COCO file's folder)."),
+        val: Optional[list[Path]] = typer.Option(None, help="Validation COCO file(s): accuracy per class on the detector's candidates."),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Pipeline config of the annotated frames "
+                                              "(polarity, pixel size, refinement: as `infer` will run)."),
+        mine_frames: Optional[int] = typer.Option(None, min=0, help="Training frames the detector's candidates are "
+                                                  "mined on (default all; 0: annotations only)."),
+        iterations: int = typer.Option(1500, min=1), batch_size: int = typer.Option(128, min=2),
+        size: int = typer.Option(48, min=16, help="Vignette side (px)."), width: int = typer.Option(24, min=4),
+        lr: float = typer.Option(2e-3, min=1e-6), seed: int = typer.Option(0, min=0),
+        threads: int = typer.Option(2, min=1)) -> None:
+    """Train the vignette classifier that names every refined candidate, and add it to a checkpoint."""
+    from .config import ConfigError, load_config
+    from .model.checkpoint import CheckpointError, load_checkpoint
+    from .model.classifier import ClassifierConfig
+    from .train_classifier import ClassifierTrainConfig, fit_classifier
+    from .train_data import CocoError
+
+    for path in [*coco, *(val or [])]:
+        if not path.is_file():
+            _fail(f"{path}: annotation file not found")
+    try:
+        pipeline = load_config(config, coco[0].parent, {})
+        ckpt = load_checkpoint(model)
+    except (ConfigError, CheckpointError) as e:
+        _fail(str(e))
+    cfg = ClassifierTrainConfig(ClassifierConfig(size, width), iterations, batch_size, lr, seed=seed, threads=threads)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=console) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_step(stage: str, k: int, total: int, row: dict) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total, info="")
+            info = f"loss {row['loss']:.3f}" if "loss" in row else f"{row['candidates']} candidates"
+            progress.update(tasks[stage], completed=k, info=info)
+
+        try:
+            new = fit_classifier(ckpt, coco, output, val or (), cfg, pipeline, images, mine_frames, on_step)
+        except (ValueError, CocoError) as e:
+            progress.stop()
+            _fail(str(e))
+    t = new.classifier["trained_on"]
+    acc = f"; validation accuracy {t['val_accuracy']:.3f} on {t['val_vignettes']} objects" if "val_accuracy" in t else ""
+    out.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB): {t['train_vignettes']} training vignettes, "
+              f"{t['seconds']} s{acc}")
+    for name, a in t.get("val_accuracy_per_class", {}).items():
+        out.print(f"  {name}: {a:.3f}")
+
+
 @app.command()
 def demo(out_dir: Path = typer.Argument(Path("demo_out"), help="Where to write the demo cruise and results."),
          frames: int = typer.Option(12, min=1), seed: int = typer.Option(20261125)) -> None:

@@ -82,6 +82,11 @@ class DetectorConfig(_Section):
     # connected pieces of the foreground map go to the box head beside the RPN's proposals:
     # long, thin and large organisms that anchors miss are boxed whole
     component_proposals: bool = True
+    # a checkpoint with a vignette classifier: every box-head detection scoring at least
+    # candidate_score (any class) is refined, then named by the classifier, whose probability
+    # is the score the per-class thresholds apply to
+    vignette_classifier: bool = True
+    candidate_score: float = Field(0.05, ge=0, le=1)
 
 
 class StitchConfig(_Section):
@@ -103,6 +108,7 @@ class MeasureConfig(_Section):
     refine_dilate_px: int = Field(4, ge=0, le=64)
     refine_grow: bool = False  # follow organisms past their predicted mask (fragments); may fuse touching organisms
     duplicate_iou: float = Field(0.7, gt=0, le=1)  # refined objects whose boxes overlap this much are one
+    contained_share: float = Field(0.6, gt=0, le=1)  # with a classifier: an object this much inside a more confident one is part of it
     refine_contrast: float = Field(10.0, gt=0)  # 8-bit grey levels from the background that are object (x257 on 16-bit frames)
 
 

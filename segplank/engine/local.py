@@ -129,8 +129,12 @@ class Stages:
     post: Postprocessor
 
 
-def build_stages(cfg: PipelineConfig, ckpt: Checkpoint, device: torch.device) -> Stages:
-    """The per-frame stages for a config and checkpoint: one model, loaded once, on ``device``."""
+def build_stages(cfg: PipelineConfig, ckpt: Checkpoint, device: torch.device, candidates: bool = False) -> Stages:
+    """The per-frame stages for a config and checkpoint: one model, loaded once, on ``device``.
+
+    ``candidates``: the detector passes every candidate (as for a classifier), and none is
+    classified: what a vignette classifier is trained on.
+    """
     classes = ckpt.classes
     det = cfg.detector
     model_cfg = ckpt.model_config.model_copy(update={
@@ -138,12 +142,17 @@ def build_stages(cfg: PipelineConfig, ckpt: Checkpoint, device: torch.device) ->
                           "rpn_pre_nms_top_n": det.candidates_per_level}.items() if v is not None})
     model = ckpt.replace_config(model_cfg).build(device, tile_size=cfg.tiling.tile_size)
     amp = {"auto": None, "fp32": False, "bf16": True}[det.precision]
-    predictor = TilePredictor(model, classes, device, classes.threshold_array(cfg.filter.score_threshold),
+    classifier = ckpt.build_classifier(device) if det.vignette_classifier and not candidates else None
+    # with a classifier the box head only proposes candidates: the thresholds apply to its names
+    thresholds = (np.r_[1.0, np.full(len(classes), det.candidate_score)].astype(np.float32)
+                  if classifier or candidates else classes.threshold_array(cfg.filter.score_threshold))
+    predictor = TilePredictor(model, classes, device, thresholds,
                               masks_for_non_plankton=cfg.filter.keep_non_plankton, batch_size=det.batch_tiles,
                               amp=amp)
     return Stages(Tiler(cfg.tiling, cfg.instrument.polarity, det.component_proposals),
                   FrameDetector(predictor, cfg.stitch),
-                  Postprocessor(classes, cfg.filter, cfg.measure, cfg.instrument.polarity))
+                  Postprocessor(classes, cfg.filter, cfg.measure, cfg.instrument.polarity, classifier,
+                                candidates=bool(classifier) or candidates))
 
 
 @dataclass
@@ -434,7 +443,7 @@ class LocalRunner(RunnerBase):
             part = FrameCounts(per_class=np.zeros(n_classes, np.int64))
             with _timed(clock, "measure"):
                 kept, cols = self.post.finish(d, image, part)
-            c.per_class += np.bincount(d.labels, minlength=n_classes)
+            c.per_class += np.bincount(d.labels, minlength=n_classes) + part.per_class  # + renamings
             c.too_small, c.too_large = c.too_small + part.too_small, c.too_large + part.too_large
             c.duplicates += part.duplicates
             return kept, cols

@@ -13,10 +13,11 @@ from torchvision.ops import boxes as box_ops
 from ..config import FilterConfig, MeasureConfig, Polarity, StitchConfig, TilingConfig
 from ..measure import measure
 from ..model.checkpoint import ClassMap
+from ..model.classifier import VignetteClassifier
 from ..model.predict import TilePredictor
 from ..refine import refine_masks
 from ..stitch import Stitcher
-from ..structures import Detections, FrameInfo
+from ..structures import CroppedMasks, Detections, FrameInfo
 from ..tiling import (component_boxes, crop_tiles, foreground_map, occupied_tiles, tile_grid, tile_proposals,
                       to_model_input)
 
@@ -88,15 +89,25 @@ class FrameCounts:
 
 
 class Postprocessor:
-    """Stitched detections (device) → refined, filtered, measured numpy detections."""
+    """Stitched detections (device) → refined, filtered, measured numpy detections.
+
+    With a ``classifier`` every detection is a candidate: it is refined, then the vignette
+    classifier names it, and only then are the plankton filter and the per-class thresholds
+    applied (to the classifier's probability).
+    """
 
     def __init__(self, classes: ClassMap, filter_cfg: FilterConfig, measure_cfg: MeasureConfig,
-                 polarity: Polarity) -> None:
+                 polarity: Polarity, classifier: VignetteClassifier | None = None,
+                 candidates: bool | None = None) -> None:
         self.classes = classes
         self.filter = filter_cfg
         self.measure_cfg = measure_cfg
         self.polarity = polarity
+        self.classifier = classifier
+        # every detection is a candidate to name (with a classifier, or to train one on)
+        self.candidates = classifier is not None if candidates is None else candidates
         self._plankton = np.array([False, *classes.is_plankton])
+        self._thresholds = classes.threshold_array(filter_cfg.score_threshold)
 
     def __call__(self, dets: Detections, image: np.ndarray) -> tuple[Detections, dict[str, np.ndarray], FrameCounts]:
         d, counts = self.prepare(dets)
@@ -110,22 +121,20 @@ class Postprocessor:
         """
         d = dets.numpy()
         counts = FrameCounts(per_class=np.bincount(d.labels, minlength=len(self.classes) + 1))
-        keep = self._plankton[d.labels] | self.filter.keep_non_plankton
-        d = d[np.flatnonzero(keep)]
+        if not self.candidates:
+            keep = self._plankton[d.labels] | self.filter.keep_non_plankton
+            d = d[np.flatnonzero(keep)]
         return d.replace(masks=d.masks.to_cropped(d.boxes)), counts
 
     def finish(self, d: Detections, image: np.ndarray, counts: FrameCounts) -> tuple[Detections, dict[str, np.ndarray]]:
-        """Prepared detections refined on ``image`` (same coordinates), size-filtered, measured."""
-        m = self.measure_cfg
-        if m.refine and len(d):
-            scale = 257.0 if image.dtype == np.uint16 else 1.0  # contrast is set in 8-bit grey levels
-            # organisms are what detectors box in parts (a trunk without its tail): only they grow
-            grow = self._plankton[d.labels] & m.refine_grow
-            d = refine_masks(d, image, self.polarity, m.refine_dilate_px, m.refine_contrast * scale, grow)
-            d = self._drop_grown_duplicates(d, grow, counts)
-        else:
-            d = d.replace(boxes=d.masks.tight_boxes())
+        """Prepared detections refined on ``image`` (same coordinates), size-filtered, measured.
+
+        ``counts.per_class`` follows the classifier's names when it renames detections.
+        """
+        d = self.refine(d, image, counts)
         px = d.frame.pixel_size_um if d.frame else 1.0
+        if self.classifier is not None:
+            d = self._classify(d, image, px, counts)
         esd = 2.0 * np.sqrt(d.masks.areas() / np.pi) * px
         ok = (esd >= self.filter.min_size_um) & (esd > 0)
         counts.too_small = int((esd < self.filter.min_size_um).sum())
@@ -137,17 +146,92 @@ class Postprocessor:
         counts.written = len(d)
         return d, cols
 
+    def refine(self, d: Detections, image: np.ndarray, counts: FrameCounts | None = None) -> Detections:
+        """Masks redrawn at full resolution (``measure.refine``), boxes fitted to them.
 
-    def _drop_grown_duplicates(self, d: Detections, grown: np.ndarray, counts: "FrameCounts") -> Detections:
-        """Parts of one organism grow into the same object: keep the most confident."""
-        idx = np.flatnonzero(grown)
+        Candidates the box head took for plankton are refined twice, as boxed and grown past
+        their prediction (``refine_masks``' ``grow``), when the two differ: a part of an
+        organism grows into its whole, and the classifier judges which of the two is an object.
+        """
+        m = self.measure_cfg
+        if not (m.refine and len(d)):
+            return d.replace(boxes=d.masks.tight_boxes())
+        scale = 257.0 if image.dtype == np.uint16 else 1.0  # contrast is set in 8-bit grey levels
+        contrast = m.refine_contrast * scale
+        # organisms are what detectors box in parts (a trunk without its tail): only they grow
+        organisms = self._plankton[d.labels]
+        if self.candidates:
+            plain = refine_masks(d, image, self.polarity, m.refine_dilate_px, contrast)
+            idx = np.flatnonzero(organisms)
+            grown = refine_masks(d[idx], image, self.polarity, m.refine_dilate_px, contrast, True)
+            new = np.flatnonzero(np.abs(grown.boxes - plain.boxes[idx]).max(1, initial=0) > 0)
+            return Detections.cat([plain, grown[new]])
+        grow = organisms & m.refine_grow
+        d = refine_masks(d, image, self.polarity, m.refine_dilate_px, contrast, grow)
+        if counts is not None:
+            d = self._drop_duplicates(d, np.flatnonzero(grow), counts)
+        return d
+
+    def _classify(self, d: Detections, image: np.ndarray, px: float, counts: FrameCounts) -> Detections:
+        """Candidates renamed and rescored by the classifier; non-objects, duplicates, non-plankton and weak ones dropped.
+
+        Candidates are one object seen several times (the box head proposes a box per class,
+        and parts grow into their whole): after refinement and naming the copies coincide, and
+        only the most confident is counted. What the classifier calls "not an object" (a
+        fragment, a fusion, background) is not counted at all.
+        """
+        n = len(self.classes) + 1
+        counts.per_class = counts.per_class - np.bincount(d.labels, minlength=n)
+        if len(d):
+            probs = self.classifier(image, d.masks, self.polarity, px)
+            labels = probs.argmax(1).astype(np.int64)
+            d = d.replace(labels=labels, scores=probs[np.arange(len(d)), labels].astype(np.float32))
+            d = d[np.flatnonzero(labels > 0)]
+        d = self._drop_duplicates(d, np.arange(len(d)), counts)
+        d = self._drop_contained(d, counts)
+        counts.per_class = counts.per_class + np.bincount(d.labels, minlength=n)
+        keep = (self._plankton[d.labels] | self.filter.keep_non_plankton) & (d.scores >= self._thresholds[d.labels])
+        return d[np.flatnonzero(keep)]
+
+    def _drop_contained(self, d: Detections, counts: FrameCounts) -> Detections:
+        """Objects lying mostly (``measure.contained_share`` of their pixels) inside a more confident one are parts of it."""
+        if len(d) < 2:
+            return d
+        order = np.argsort(-d.scores, kind="stable")
+        boxes = torch.from_numpy(d.boxes[order])
+        lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
+        rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+        overlap = ((rb - lt).clamp(min=0).prod(2) > 0).numpy()
+        np.fill_diagonal(overlap, False)
+        areas = d.masks.areas()[order]
+        kept = np.zeros(len(order), bool)
+        share = self.measure_cfg.contained_share
+        for a in range(len(order)):
+            kept[a] = not any(_shared(d.masks, order[a], order[b]) >= share * min(areas[a], areas[b])
+                              for b in np.flatnonzero(overlap[a, :a] & kept[:a]))
+        counts.duplicates += int((~kept).sum())
+        return d[np.sort(order[kept])]
+
+    def _drop_duplicates(self, d: Detections, idx: np.ndarray, counts: "FrameCounts") -> Detections:
+        """Among ``idx``, refined objects whose boxes overlap past ``duplicate_iou`` are one: keep the most confident."""
         if len(idx) < 2:
             return d
         keep = box_ops.nms(torch.from_numpy(d.boxes[idx]), torch.from_numpy(d.scores[idx]),
                            self.measure_cfg.duplicate_iou).numpy()
         drop = np.setdiff1d(idx, idx[keep])
-        counts.duplicates = len(drop)
+        counts.duplicates += len(drop)
         return d[np.setdiff1d(np.arange(len(d)), drop)]
+
+
+def _shared(masks: CroppedMasks, i: int, j: int) -> int:
+    """Pixels that cropped masks ``i`` and ``j`` both hold."""
+    (xi, yi), (xj, yj) = masks.origins[i], masks.origins[j]
+    bi, bj = masks.bitmaps[i], masks.bitmaps[j]
+    x0, y0 = max(xi, xj), max(yi, yj)
+    x1, y1 = min(xi + bi.shape[1], xj + bj.shape[1]), min(yi + bi.shape[0], yj + bj.shape[0])
+    if x1 <= x0 or y1 <= y0:
+        return 0
+    return int(np.count_nonzero(bi[y0 - yi:y1 - yi, x0 - xi:x1 - xi] & bj[y0 - yj:y1 - yj, x0 - xj:x1 - xj]))
 
 
 class FrameDetector:

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from torch import nn
 from .. import __version__
 from ..config import ModelConfig
 from .build import build_model
+
+if TYPE_CHECKING:
+    from .classifier import ClassifierConfig, VignetteClassifier
 
 FORMAT = "segplank-checkpoint"
 FORMAT_VERSION = 1
@@ -97,6 +100,29 @@ class Checkpoint:
     segplank_version: str = __version__
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     demo: bool = False
+    # the vignette classifier (model/classifier.py), when trained: {"config", "state_dict", "trained_on"}
+    classifier: dict[str, Any] | None = None
+
+    def with_classifier(self, cfg: "ClassifierConfig", state_dict: dict[str, torch.Tensor],
+                        trained_on: dict[str, Any]) -> "Checkpoint":
+        return dataclasses.replace(self, classifier={"config": cfg.to_dict(), "state_dict": state_dict,
+                                                     "trained_on": trained_on})
+
+    def build_classifier(self, device: torch.device | str = "cpu") -> "VignetteClassifier | None":
+        """The vignette classifier on ``device``, or None when the checkpoint has none."""
+        from .classifier import ClassifierConfig, VignetteClassifier, VignetteNet
+
+        if self.classifier is None:
+            return None
+        cfg = ClassifierConfig.from_dict(self.classifier["config"])
+        net = VignetteNet(len(self.classes) + 1, cfg.width)
+        try:
+            net.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                 for k, v in self.classifier["state_dict"].items()})
+        except RuntimeError as e:
+            first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+            raise CheckpointError(f"classifier weights do not fit its config in the checkpoint ({first})") from None
+        return VignetteClassifier(net, cfg, torch.device(device))
 
     def replace_config(self, model_config: ModelConfig) -> "Checkpoint":
         """The same weights under inference-time settings (proposal counts, thresholds)."""
@@ -121,12 +147,17 @@ class Checkpoint:
 
     def save(self, path: Path, half: bool = True) -> Path:
         """Atomically write; fp16 weights halve the file at no cost to CPU/GPU inference."""
-        sd = {k: (v.half() if half and v.is_floating_point() else v).cpu().contiguous() for k, v in self.state_dict.items()}
+        def pack(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: (v.half() if half and v.is_floating_point() else v).cpu().contiguous() for k, v in weights.items()}
+
+        sd = pack(self.state_dict)
+        classifier = None if self.classifier is None else {**self.classifier,
+                                                           "state_dict": pack(self.classifier["state_dict"])}
         payload = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "segplank_version": self.segplank_version,
             "created": self.created, "model_config": self.model_config.model_dump(mode="json"),
             "classes": self.classes.to_dict(), "trained_on": self.trained_on, "metrics": self.metrics,
-            "demo": self.demo, "state_dict": sd,
+            "demo": self.demo, "state_dict": sd, "classifier": classifier,
         }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,6 +191,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
             segplank_version=payload.get("segplank_version", "?"),
             created=payload.get("created", ""),
             demo=bool(payload.get("demo", False)),
+            classifier=payload.get("classifier"),
         )
     except Exception as e:
         raise CheckpointError(f"{path}: checkpoint is incomplete or damaged ({type(e).__name__}: {str(e).splitlines()[0]}); {fix}") from None

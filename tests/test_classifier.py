@@ -1,0 +1,167 @@
+"""The vignette classifier: its input, its training, its place in the checkpoint and the pipeline."""
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from segplank.config import FilterConfig, MeasureConfig
+from segplank.engine.stages import FrameCounts, Postprocessor
+from segplank.model.checkpoint import CheckpointError, load_checkpoint
+from segplank.model.classifier import ClassifierConfig, VignetteClassifier, VignetteNet, vignettes, windows
+from segplank.structures import CroppedMasks, Detections, FrameInfo
+from segplank.train_classifier import (ClassifierTrainConfig, VignetteSet, candidate_labels, train_classifier,
+                                       vignette_set)
+from segplank.train_data import Annotation, TrainFrame
+
+
+def _disc_frame(radius=10, centre=(40, 50), shape=(100, 120), grey=200, ink=80):
+    img = np.full(shape, grey, np.uint8)
+    cv2.circle(img, centre, radius, ink, -1)
+    mask = np.zeros(shape, np.uint8)
+    cv2.circle(mask, centre, radius, 1, -1)
+    ys, xs = np.nonzero(mask)
+    x0, y0 = xs.min(), ys.min()
+    bitmap = mask[y0:ys.max() + 1, x0:xs.max() + 1].astype(bool)
+    return img, CroppedMasks(np.array([[x0, y0]]), (bitmap,))
+
+
+def test_vignette_of_a_disc_is_its_contrast_and_mask_with_sizes_in_um():
+    img, masks = _disc_frame()
+    x, s = vignettes(img, masks, "dark_on_bright", pixel_size_um=10.0, size=32)
+    assert x.shape == (1, 2, 32, 32) and s.shape == (1, 3)
+    contrast, mask = x[0]
+    assert contrast[16, 16] == pytest.approx(1 - 80 / 200, abs=0.01)  # the disc's opacity
+    assert abs(contrast[1, 1]) < 1e-6  # the background is 0 whatever its grey level
+    assert mask[16, 16] == pytest.approx(1.0) and mask[1, 1] == 0
+    area = masks.bitmaps[0].sum()
+    esd_um = 2 * math.sqrt(area / math.pi) * 10.0
+    assert s[0, 0] == pytest.approx(math.log(esd_um / 100.0), abs=1e-5)
+    assert s[0, 1] == pytest.approx(math.log(21 * 10.0 / 100.0), abs=1e-5)
+    assert s[0, 2] == pytest.approx(area / 21 ** 2, abs=1e-5)
+
+
+def test_vignettes_follow_polarity_and_gain():
+    img, masks = _disc_frame()
+    dark, _ = vignettes(img, masks, "dark_on_bright", 10.0, 32)
+    lit, _ = vignettes(255 - img, masks, "bright_on_dark", 10.0, 32)
+    np.testing.assert_allclose(dark, lit, atol=1e-5)
+    brighter, _ = vignettes((img.astype(np.float32) * 1.2).clip(0, 255).astype(np.uint8), masks, "dark_on_bright",
+                            10.0, 32)
+    np.testing.assert_allclose(dark, brighter, atol=0.01)  # a camera gain cancels
+
+
+def test_vignette_at_the_frame_edge_and_of_nothing():
+    img, masks = _disc_frame(radius=6, centre=(3, 2))
+    x, s = vignettes(img, masks, "dark_on_bright", 10.0, 24)
+    assert np.isfinite(x).all() and np.isfinite(s).all() and x[0, 1].max() > 0.5
+    x, s = vignettes(img, CroppedMasks.empty(), "dark_on_bright", 10.0, 24)
+    assert x.shape == (0, 2, 24, 24) and s.shape == (0, 3)
+
+
+def test_windows_are_square_and_hold_the_box():
+    w = windows(np.array([[10, 20, 110, 40], [5, 5, 6, 6]], np.float32))
+    assert (w[:, 0] <= [10, 5]).all() and (w[:, 1] <= [20, 5]).all()
+    assert (w[:, 0] + w[:, 2] >= [110, 6]).all() and (w[:, 1] + w[:, 2] >= [40, 6]).all()
+    assert w[1, 2] >= 16  # a speck is seen with background around it
+
+
+def test_candidate_labels_match_at_mask_iou_half():
+    img, masks = _disc_frame(radius=12)
+    bitmap = masks.bitmaps[0]
+    fr = TrainFrame(img, (Annotation(3, tuple(int(v) for v in masks.origins[0]), bitmap),))
+    half = bitmap.copy()
+    half[:, bitmap.shape[1] // 3:] = False  # a third of the disc: a fragment
+    cands = CroppedMasks(np.array([masks.origins[0], masks.origins[0], [90, 80]]),
+                         (bitmap, half, np.ones((5, 5), bool)))
+    assert candidate_labels(cands, fr).tolist() == [3, 0, 0]
+
+
+def _shapes(n, rng, size=24):
+    """Discs (label 1) and bars (label 2) of random size and angle, on their own little frames."""
+    frames = []
+    for k in range(n):
+        img = np.full((64, 64), 210, np.uint8)
+        m = np.zeros((64, 64), np.uint8)
+        label = 1 + k % 2
+        r = int(rng.integers(5, 12))
+        if label == 1:
+            cv2.circle(m, (32, 32), r, 1, -1)
+        else:
+            cv2.ellipse(m, (32, 32), (2 * r, 2), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        img[m > 0] = int(rng.integers(60, 140))
+        ys, xs = np.nonzero(m)
+        x0, y0 = int(xs.min()), int(ys.min())
+        frames.append(TrainFrame(img, (Annotation(label, (x0, y0), m[y0:ys.max() + 1, x0:xs.max() + 1] > 0),)))
+    return frames
+
+
+def test_training_separates_discs_from_bars():
+    rng = np.random.default_rng(0)
+    train = vignette_set(_shapes(40, rng), "dark_on_bright", MeasureConfig(), 24, 10.0)
+    val = vignette_set(_shapes(20, rng), "dark_on_bright", MeasureConfig(), 24, 10.0, annotated_too=False)
+    assert len(train.labels) == 80 and len(val.labels) == 20  # refined and as drawn
+    cfg = ClassifierTrainConfig(ClassifierConfig(24, 8), iterations=60, batch_size=32, lr=3e-3, threads=1)
+    net, metrics = train_classifier(cfg, train, 2, val)
+    assert metrics["val_accuracy"] >= 0.95, metrics
+    assert net.head[-1].out_features == 3  # two classes and "not an object"
+
+
+def test_checkpoint_carries_the_classifier(tmp_path, tiny_checkpoint):
+    ck = load_checkpoint(tiny_checkpoint)
+    assert ck.classifier is None and ck.build_classifier() is None
+    torch.manual_seed(0)
+    net = VignetteNet(len(ck.classes) + 1, 8).eval()
+    path = ck.with_classifier(ClassifierConfig(24, 8), net.state_dict(), {"note": "random"}).save(tmp_path / "c.pt")
+    back = load_checkpoint(path)
+    clf = back.build_classifier()
+    x = torch.rand(3, 2, 24, 24)
+    s = torch.zeros(3, 3)
+    with torch.no_grad():  # fp16 storage: close, not equal
+        np.testing.assert_allclose(torch.softmax(net(x, s), 1).numpy(), clf.predict(x.numpy(), s.numpy()), atol=2e-3)
+    assert back.classifier["trained_on"] == {"note": "random"}
+    wrong = ck.with_classifier(ClassifierConfig(24, 8), VignetteNet(4, 8).state_dict(), {})
+    with pytest.raises(CheckpointError, match="classifier weights do not fit"):
+        load_checkpoint(wrong.save(tmp_path / "w.pt")).build_classifier()
+
+
+class _Fixed(VignetteClassifier):
+    """The classifier's interface with chosen probabilities: tests the postprocessor's rules alone."""
+
+    def __init__(self, probs):
+        self.probs = np.asarray(probs, np.float32)
+
+    def __call__(self, image, masks, polarity, px):
+        assert len(masks) == len(self.probs)
+        return self.probs
+
+
+def test_postprocessor_renames_counts_and_drops_by_the_classifier(tiny_checkpoint):
+    classes = load_checkpoint(tiny_checkpoint).classes  # 1..5 plankton, 6..8 not
+    img = np.full((200, 200), 200, np.uint8)
+    boxes = np.array([[10, 10, 30, 30], [11, 10, 30, 31], [60, 60, 90, 80], [120, 120, 140, 140],
+                      [150, 20, 170, 40]], np.float32)
+    for x0, y0, x1, y1 in boxes.astype(int):
+        img[y0 + 2:y1 - 2, x0 + 2:x1 - 2] = 90
+    k = len(classes) + 1
+    probs = np.zeros((5, k), np.float32)
+    probs[0, 2] = probs[1, 2] = 0.9  # one chaetognath seen twice
+    probs[2, 6] = 0.8  # marine snow, though the box head said copepod
+    probs[3, 0] = 0.7  # not an object
+    probs[4, 1] = 0.3  # a weak copepod, under the threshold
+    rest = probs == 0
+    probs[rest] = np.repeat((1 - probs.sum(1)) / rest.sum(1), rest.sum(1))  # spread thin over the others
+    masks = CroppedMasks(boxes[:, :2].astype(np.int64), tuple(np.ones((int(b[3] - b[1]), int(b[2] - b[0])), bool)
+                                                                for b in boxes))
+    d = Detections(boxes, np.full(5, 0.2, np.float32), np.array([1, 1, 1, 1, 1]), masks,
+                   frame=FrameInfo(__file__, 0, None, pixel_size_um=10.0))
+    post = Postprocessor(classes.__class__(classes.names, classes.is_plankton), FilterConfig(score_threshold=0.5),
+                         MeasureConfig(), "dark_on_bright", _Fixed(probs))
+    counts = FrameCounts(per_class=np.bincount(d.labels, minlength=k))
+    kept, cols = post.finish(d, img, counts)
+    assert kept.labels.tolist() == [2] and kept.scores.tolist() == pytest.approx([0.9])
+    assert counts.duplicates == 1
+    # per class: chaetognath 1, copepod 1 (the weak one is counted, not written), snow 1; "not an object" is nothing
+    assert counts.per_class.tolist() == [0, 1, 1, 0, 0, 0, 1, 0, 0]
+    assert counts.written == 1 and len(cols["area_px"]) == 1

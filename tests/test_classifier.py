@@ -165,3 +165,65 @@ def test_postprocessor_renames_counts_and_drops_by_the_classifier(tiny_checkpoin
     # per class: chaetognath 1, copepod 1 (the weak one is counted, not written), snow 1; "not an object" is nothing
     assert counts.per_class.tolist() == [0, 1, 1, 0, 0, 0, 1, 0, 0]
     assert counts.written == 1 and len(cols["area_px"]) == 1
+
+
+def test_a_part_inside_a_more_confident_object_is_dropped_touching_ones_stay(tiny_checkpoint):
+    classes = load_checkpoint(tiny_checkpoint).classes
+    whole = np.ones((20, 40), bool)
+    part = np.ones((20, 10), bool)  # its left quarter
+    neighbour = np.ones((20, 10), bool)  # touching its right edge, outside it
+    masks = CroppedMasks(np.array([[10, 10], [10, 10], [50, 10]]), (whole, part, neighbour))
+    d = Detections(np.array([[10, 10, 50, 30], [10, 10, 20, 30], [50, 10, 60, 30]], np.float32),
+                   np.array([0.9, 0.95, 0.6], np.float32), np.array([2, 2, 1]), masks)
+    counts = FrameCounts(per_class=np.zeros(9, np.int64))
+    post = Postprocessor(classes, FilterConfig(), MeasureConfig(), "dark_on_bright", candidates=True)
+    kept = post._drop_contained(d, counts)
+    # the part is more confident than its whole: greedy by score keeps the part, as NMS would
+    assert kept.scores.tolist() == pytest.approx([0.95, 0.6]) and counts.duplicates == 1
+    d2 = d.replace(scores=np.array([0.9, 0.5, 0.6], np.float32))
+    kept = post._drop_contained(d2, FrameCounts(per_class=np.zeros(9, np.int64)))
+    assert kept.scores.tolist() == pytest.approx([0.9, 0.6])
+
+
+def test_train_classifier_then_infer_with_it(tmp_path, small_cruise, tiny_checkpoint):
+    """The CLI loop: candidates mined with the tiny detector, a classifier trained, used by infer."""
+    from typer.testing import CliRunner
+
+    from segplank.cli import app
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("tiling:\n  tile_size: 256\n  overlap: 32\n")
+    gt = small_cruise / "ground_truth.coco.json"
+    r = CliRunner().invoke(app, ["train-classifier", str(gt), "--model", str(tiny_checkpoint), "-o",
+                                 str(tmp_path / "c.pt"), "--val", str(gt), "-c", str(cfg), "--mine-frames", "1",
+                                 "--iterations", "3", "--batch-size", "8", "--size", "24", "--width", "4",
+                                 "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    ck = load_checkpoint(tmp_path / "c.pt")
+    t = ck.classifier["trained_on"]
+    assert t["mined_frames"] == 1 and t["val_vignettes"] > 0 and "not an object" in t["val_accuracy_per_class"]
+    assert t["train_vignettes"] > 2 * len(__import__("json").loads(gt.read_text())["annotations"]) / 3
+    r = CliRunner().invoke(app, ["infer", str(small_cruise), "-o", str(tmp_path / "run"), "--model",
+                                 str(tmp_path / "c.pt"), "-c", str(cfg), "--keep-non-plankton"])
+    assert r.exit_code == 0, r.output
+    import json
+
+    import pandas as pd
+
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    rows = pd.read_parquet(tmp_path / "run" / "objects")
+    detected = sum(m["counts"]["detected_per_class"].values())
+    assert len(rows) == m["counts"]["objects_written"] <= detected  # every row is a named, counted object
+    assert set(rows["label_name"]) <= set(ck.classes.names)
+    for mode in ([], ["--stream"]):  # the classifier's names are what is counted, frame by frame and across cuts
+        out = tmp_path / f"run{len(mode)}"
+        r = CliRunner().invoke(app, ["infer", str(small_cruise), "-o", str(out), "--model", str(tmp_path / "c.pt"),
+                                     "-c", str(cfg), *mode])
+        assert r.exit_code == 0, r.output
+        c = json.loads((out / "manifest.json").read_text())["counts"]
+        assert all(v >= 0 for v in c["detected_per_class"].values()), c
+        assert all(c["detected_per_class"].get(k, 0) >= v for k, v in c["written_per_class"].items()), c
+        per_frame = [v for counts in pd.read_parquet(out / "frames")["counts"] for v in json.loads(counts).values()]
+        assert min(per_frame, default=0) >= 0
+    r = CliRunner().invoke(app, ["train-classifier", str(gt), "--model", str(tmp_path / "missing.pt")])
+    assert r.exit_code == 2 and "model file not found" in r.output

@@ -131,6 +131,8 @@ class Postprocessor:
 
         ``counts.per_class`` follows the classifier's names when it renames detections.
         """
+        if self.classifier is not None:  # the classifier's names replace the box head's in the counts
+            counts.per_class = counts.per_class - np.bincount(d.labels, minlength=len(self.classes) + 1)
         d = self.refine(d, image, counts)
         px = d.frame.pixel_size_um if d.frame else 1.0
         if self.classifier is not None:
@@ -180,8 +182,6 @@ class Postprocessor:
         only the most confident is counted. What the classifier calls "not an object" (a
         fragment, a fusion, background) is not counted at all.
         """
-        n = len(self.classes) + 1
-        counts.per_class = counts.per_class - np.bincount(d.labels, minlength=n)
         if len(d):
             probs = self.classifier(image, d.masks, self.polarity, px)
             labels = probs.argmax(1).astype(np.int64)
@@ -189,7 +189,7 @@ class Postprocessor:
             d = d[np.flatnonzero(labels > 0)]
         d = self._drop_duplicates(d, np.arange(len(d)), counts)
         d = self._drop_contained(d, counts)
-        counts.per_class = counts.per_class + np.bincount(d.labels, minlength=n)
+        counts.per_class = counts.per_class + np.bincount(d.labels, minlength=len(self.classes) + 1)
         keep = (self._plankton[d.labels] | self.filter.keep_non_plankton) & (d.scores >= self._thresholds[d.labels])
         return d[np.flatnonzero(keep)]
 

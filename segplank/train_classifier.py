@@ -7,9 +7,10 @@ the detector's mistakes):
 - the detector's candidates on the training frames (``mine``), each refined and named by its
   best match: the annotated object's class at mask IoU ≥ 0.5 (what evaluation counts as
   found), else "not an object" (label 0): parts, fusions and background the detector boxed.
-Classes are drawn equally often (plankton is about 1 % of the objects), vignettes are flipped
-and turned (organisms have no up in the water) and their contrast scaled slightly. Seeded:
-the same data and seed give the same weights on CPU.
+Classes are drawn equally often (plankton is about 1 % of the objects), "not an object" at
+``negative_share`` of each batch; vignettes are flipped and turned (organisms have no up in
+the water) and their contrast scaled slightly. Seeded: the same data and seed give the same
+weights on CPU.
 
 Fast on a CPU: a few minutes for tens of thousands of vignettes, against hours for the
 detector, so a classifier can be retrained on new annotations without touching the detector.
@@ -48,6 +49,9 @@ class ClassifierTrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     threads: int = 2
+    # share of each batch drawn from "not an object": the most varied of the classes (parts,
+    # fusions, background), and the one a wrong call turns into a counted organism
+    negative_share: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -154,13 +158,16 @@ def train_classifier(cfg: ClassifierTrainConfig, train: VignetteSet, n_classes: 
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     present = np.unique(train.labels)
     by_class = [np.flatnonzero(train.labels == c) for c in present]
+    # classes equally often, "not an object" (label 0, when mined) at its own share
+    p = np.where(present == 0, cfg.negative_share, (1 - cfg.negative_share) / max(1, np.count_nonzero(present)))
+    p = p / p.sum()
     t0 = time.monotonic()
     history = []
     for it in range(cfg.iterations):
         lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * it / cfg.iterations))
         for g in opt.param_groups:
             g["lr"] = lr
-        cls = rng.integers(len(present), size=cfg.batch_size)  # every class equally often
+        cls = rng.choice(len(present), size=cfg.batch_size, p=p)
         idx = np.array([by_class[c][rng.integers(len(by_class[c]))] for c in cls])
         x = torch.from_numpy(_augment(train.x[idx].astype(np.float32), rng))
         s = torch.from_numpy(train.scalars[idx])

@@ -30,6 +30,7 @@ from ..structures import CroppedMasks
 N_SCALARS = 3
 _MARGIN = 0.15  # share of the object's longer side added around it on each side
 _MIN_SIDE = 16  # px: a speck is seen with some background around it
+_BACKGROUND_SAMPLES = 4096  # background pixels the local median is taken from, at most
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ def vignettes(image: np.ndarray, masks: CroppedMasks, polarity: Polarity, pixel_
         mx0, my0 = ox - x0, oy - y0
         m[max(my0, 0):my0 + bh, max(mx0, 0):mx0 + bw] = bitmap[max(-my0, 0):side - my0, max(-mx0, 0):side - mx0]
         outside = grey[m == 0]
+        outside = outside[::max(1, outside.size // _BACKGROUND_SAMPLES)]  # a median needs no million pixels
         background = float(np.median(outside)) if outside.size else float(grey.max())
         contrast = 1.0 - grey / max(background, 1e-3)  # 0 on the background, > 0 on (dark) objects
         interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR

@@ -199,10 +199,7 @@ class Postprocessor:
             return d
         order = np.argsort(-d.scores, kind="stable")
         boxes = torch.from_numpy(d.boxes[order])
-        lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
-        rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-        overlap = ((rb - lt).clamp(min=0).prod(2) > 0).numpy()
-        np.fill_diagonal(overlap, False)
+        overlap = (box_ops.box_iou(boxes, boxes) > 0).numpy()  # only boxes that meet can share pixels
         areas = d.masks.areas()[order]
         kept = np.zeros(len(order), bool)
         share = self.measure_cfg.contained_share

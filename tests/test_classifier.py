@@ -227,3 +227,34 @@ def test_train_classifier_then_infer_with_it(tmp_path, small_cruise, tiny_checkp
         assert min(per_frame, default=0) >= 0
     r = CliRunner().invoke(app, ["train-classifier", str(gt), "--model", str(tmp_path / "missing.pt")])
     assert r.exit_code == 2 and "model file not found" in r.output
+
+
+def test_stages_use_the_checkpoint_classifier_unless_told_not_to(tmp_path, tiny_checkpoint):
+    from segplank.config import PipelineConfig
+    from segplank.engine.local import build_stages
+
+    ck = load_checkpoint(tiny_checkpoint)
+    with_clf = ck.with_classifier(ClassifierConfig(24, 4), VignetteNet(len(ck.classes) + 1, 4).state_dict(), {})
+    cpu = torch.device("cpu")
+    s = build_stages(PipelineConfig(), with_clf, cpu)
+    assert s.post.classifier is not None and s.post.candidates
+    # the box head only proposes: every class at the candidate score, background never
+    assert s.detector.predictor.thresholds.tolist() == pytest.approx([1.0] + [0.05] * len(ck.classes))
+    off = PipelineConfig.model_validate({"detector": {"vignette_classifier": False}})
+    s = build_stages(off, with_clf, cpu)
+    assert s.post.classifier is None and not s.post.candidates
+    s = build_stages(PipelineConfig(), ck, cpu, candidates=True)  # what a classifier is trained on
+    assert s.post.classifier is None and s.post.candidates
+    assert build_stages(PipelineConfig(), ck, cpu).post.candidates is False
+
+
+def test_the_bundled_demo_model_carries_its_classifier_and_stays_small():
+    from segplank.model.checkpoint import DEMO_MODEL
+
+    ck = load_checkpoint(DEMO_MODEL)
+    assert ck.demo and DEMO_MODEL.stat().st_size < 20e6
+    clf = ck.build_classifier()
+    assert clf is not None and clf.net.head[-1].out_features == len(ck.classes) + 1
+    t = ck.classifier["trained_on"]
+    assert t["mined_frames"] > 0 and t["val_accuracy"] > 0.8  # what `train-classifier` measured when it was built
+    assert all(th is not None for th in ck.classes.thresholds)  # chosen on the calibration cruise

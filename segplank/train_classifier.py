@@ -76,25 +76,20 @@ def frame_objects(fr: TrainFrame) -> CroppedMasks:
 def vignette_set(frames: Sequence[TrainFrame], polarity: Polarity, measure: MeasureConfig, size: int,
                  pixel_size_um: float, annotated_too: bool = True) -> VignetteSet:
     """Every annotated object as refined (as inference sees it) and, with ``annotated_too``, as drawn."""
-    xs, ss, ls = [], [], []
+    parts = []
     for fr in frames:
         if not fr.annotations:
             continue
         masks = frame_objects(fr)
-        labels = fr.labels
-        boxes = np.array([(ox, oy, ox + b.shape[1], oy + b.shape[0]) for b, (ox, oy) in zip(masks.bitmaps, masks.origins)],
-                         np.float32)
-        d = Detections(boxes, np.ones(len(boxes), np.float32), labels, masks)
+        d = Detections(fr.boxes.astype(np.float32), np.ones(len(fr.labels), np.float32), fr.labels, masks)
         scale = 257.0 if fr.pixels.dtype == np.uint16 else 1.0
         refined = refine_masks(d, fr.pixels, polarity, measure.refine_dilate_px, measure.refine_contrast * scale).masks
         for m in (refined, masks) if annotated_too else (refined,):
             x, s = vignettes(fr.pixels, m, polarity, pixel_size_um, size)
-            xs.append(x.astype(np.float16))
-            ss.append(s)
-            ls.append(labels)
-    if not xs:
+            parts.append(VignetteSet(x.astype(np.float16), s, fr.labels))
+    if not parts:
         raise ValueError("no annotated object to train the classifier on")
-    return VignetteSet(np.concatenate(xs), np.concatenate(ss), np.concatenate(ls))
+    return VignetteSet.cat(parts)
 
 
 MATCH_IOU = 0.5
@@ -206,6 +201,7 @@ def fit_classifier(ckpt: Checkpoint, train_coco: Sequence[Path], out: Path, val_
     None, none when 0); validation vignettes are the detector's candidates on the val frames,
     so the accuracy reported is the one inference meets.
     """
+    torch.set_num_threads(cfg.threads)  # mining runs the detector too
     classes: ClassMap = ckpt.classes
     polarity, measure, px = pipeline.instrument.polarity, pipeline.measure, pipeline.instrument.pixel_size_um
     step = (lambda stage, total: (lambda k, row: progress(stage, k, total, row))) if progress else (lambda *_: None)

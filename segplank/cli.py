@@ -251,7 +251,9 @@ def train_classifier_cmd(
         iterations: int = typer.Option(1500, min=1), batch_size: int = typer.Option(128, min=2),
         size: int = typer.Option(48, min=16, help="Vignette side (px)."), width: int = typer.Option(24, min=4),
         lr: float = typer.Option(2e-3, min=1e-6), seed: int = typer.Option(0, min=0),
-        threads: int = typer.Option(2, min=1)) -> None:
+        threads: int = typer.Option(2, min=1),
+        vignettes: Optional[Path] = typer.Option(None, help="An .npz that keeps the cut vignettes: a rerun with the "
+                                                 "same detector, annotations and config skips the mining.")) -> None:
     """Train the vignette classifier that names every refined candidate, and add it to a checkpoint."""
     from .config import ConfigError, load_config
     from .model.checkpoint import CheckpointError, load_checkpoint
@@ -280,7 +282,8 @@ def train_classifier_cmd(
             progress.update(tasks[stage], completed=k, info=info)
 
         try:
-            new = fit_classifier(ckpt, coco, output, val or (), cfg, pipeline, images, mine_frames, on_step)
+            new = fit_classifier(ckpt, coco, output, val or (), cfg, pipeline, images, mine_frames, on_step,
+                                 vignettes)
         except (ValueError, CocoError) as e:
             progress.stop()
             _fail(str(e))

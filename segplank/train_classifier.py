@@ -17,6 +17,8 @@ detector, so a classifier can be retrained on new annotations without touching t
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -66,6 +68,62 @@ class VignetteSet:
     def cat(parts: Sequence["VignetteSet"]) -> "VignetteSet":
         return VignetteSet(np.concatenate([p.x for p in parts]), np.concatenate([p.scalars for p in parts]),
                            np.concatenate([p.labels for p in parts]))
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}_x": self.x, f"{prefix}_scalars": self.scalars, f"{prefix}_labels": self.labels}
+
+    @staticmethod
+    def load(arrays: "np.lib.npyio.NpzFile", prefix: str) -> "VignetteSet":
+        return VignetteSet(arrays[f"{prefix}_x"], arrays[f"{prefix}_scalars"], arrays[f"{prefix}_labels"])
+
+
+class VignetteCache:
+    """Vignettes cut once (mining runs the detector on every frame: most of a run on a CPU),
+    reused while the detector, the annotations and the cutting stay the same.
+
+    The key is a digest of all of them; a cache made under another key is rebuilt, never used.
+    """
+
+    def __init__(self, path: Path | None, ckpt: Checkpoint, paths: Sequence[Path], size: int,
+                 pipeline: PipelineConfig, mine_frames: int | None) -> None:
+        self.path = path
+        h = hashlib.sha256()
+        for name, t in sorted(ckpt.state_dict.items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        for p in paths:
+            h.update(str(p).encode())
+            h.update(Path(p).read_bytes() if Path(p).is_file() else b"")
+        h.update(json.dumps({"size": size, "mine_frames": mine_frames,
+                             "instrument": pipeline.instrument.model_dump(mode="json"),
+                             "measure": pipeline.measure.model_dump(mode="json"),
+                             "tiling": pipeline.tiling.model_dump(mode="json"),
+                             "detector": pipeline.detector.model_dump(mode="json")}, sort_keys=True).encode())
+        self.key = h.hexdigest()
+
+    def load(self) -> tuple[VignetteSet, VignetteSet | None, int] | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        try:
+            with np.load(self.path) as a:
+                if str(a["key"]) != self.key:
+                    log.warning("%s: made for another detector, annotations or config; mining again", self.path)
+                    return None
+                val = VignetteSet.load(a, "val") if "val_x" in a else None
+                return VignetteSet.load(a, "train"), val, int(a["mined_frames"])
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("%s: unreadable vignette cache (%s); mining again", self.path, type(e).__name__)
+            return None
+
+    def save(self, train: VignetteSet, val: VignetteSet | None, mined_frames: int) -> None:
+        if self.path is None:
+            return
+        arrays = {"key": np.array(self.key), "mined_frames": np.array(mined_frames), **train.arrays("train")}
+        if val is not None:
+            arrays.update(val.arrays("val"))
+        tmp = self.path.with_name(self.path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(self.path)
 
 
 def frame_objects(fr: TrainFrame) -> CroppedMasks:
@@ -194,32 +252,42 @@ def accuracy(net: VignetteNet, cfg: ClassifierConfig, data: VignetteSet, n_class
 def fit_classifier(ckpt: Checkpoint, train_coco: Sequence[Path], out: Path, val_coco: Sequence[Path] = (),
                    cfg: ClassifierTrainConfig = ClassifierTrainConfig(), pipeline: PipelineConfig = PipelineConfig(),
                    image_root: Path | None = None, mine_frames: int | None = None,
-                   progress: Callable[[str, int, int, dict], None] | None = None) -> Checkpoint:
+                   progress: Callable[[str, int, int, dict], None] | None = None,
+                   cache: Path | None = None) -> Checkpoint:
     """``ckpt`` with a classifier trained on ``train_coco`` (its classes, matched by name), saved at ``out``.
 
     The detector's candidates are mined on the first ``mine_frames`` training frames (all when
     None, none when 0); validation vignettes are the detector's candidates on the val frames,
-    so the accuracy reported is the one inference meets.
+    so the accuracy reported is the one inference meets. ``cache``: an .npz where the cut
+    vignettes are kept, so a second run with other training settings skips the mining.
     """
     torch.set_num_threads(cfg.threads)  # mining runs the detector too
     classes: ClassMap = ckpt.classes
     polarity, measure, px = pipeline.instrument.polarity, pipeline.measure, pipeline.instrument.pixel_size_um
     step = (lambda stage, total: (lambda k, row: progress(stage, k, total, row))) if progress else (lambda *_: None)
-    frames, _, _ = load_coco_frames(list(train_coco), image_root, polarity, classes=classes)
-    parts = [vignette_set(frames, polarity, measure, cfg.net.size, px)]
-    mined = frames[:mine_frames] if mine_frames is not None else frames
-    if mined:
-        parts.append(mine(ckpt, mined, pipeline, cfg.net.size, px, step("mine", len(mined))))
-    train = VignetteSet.cat(parts)
-    val = None
-    if val_coco:
-        vframes, _, _ = load_coco_frames(list(val_coco), image_root, polarity, classes=classes)
-        val = mine(ckpt, vframes, pipeline, cfg.net.size, px, step("validate", len(vframes)))
+    store = VignetteCache(cache, ckpt, [*train_coco, *val_coco], cfg.net.size, pipeline, mine_frames)
+    cached = store.load()
+    if cached is not None:
+        train, val, mined_count = cached
+        log.info("%s: vignettes reused (%d)", cache, len(train.labels))
+    else:
+        frames, _, _ = load_coco_frames(list(train_coco), image_root, polarity, classes=classes)
+        parts = [vignette_set(frames, polarity, measure, cfg.net.size, px)]
+        mined = frames[:mine_frames] if mine_frames is not None else frames
+        if mined:
+            parts.append(mine(ckpt, mined, pipeline, cfg.net.size, px, step("mine", len(mined))))
+        train = VignetteSet.cat(parts)
+        mined_count = len(mined)
+        val = None
+        if val_coco:
+            vframes, _, _ = load_coco_frames(list(val_coco), image_root, polarity, classes=classes)
+            val = mine(ckpt, vframes, pipeline, cfg.net.size, px, step("validate", len(vframes)))
+        store.save(train, val, mined_count)
     net, metrics = train_classifier(cfg, train, len(classes), val, step("train", cfg.iterations))
     per = metrics.pop("val_accuracy_per_label", None)
     if per is not None:
         metrics["val_accuracy_per_class"] = {("not an object" if k == 0 else classes.name(k)): v for k, v in per.items()}
-    metrics["mined_frames"] = len(mined)
+    metrics["mined_frames"] = mined_count
     trained = {"train": [str(p) for p in train_coco], "val": [str(p) for p in val_coco] or None,
                "config": {**cfg.net.to_dict(), "iterations": cfg.iterations, "batch_size": cfg.batch_size,
                           "lr": cfg.lr, "seed": cfg.seed, "pixel_size_um": px}, **metrics}

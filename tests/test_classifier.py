@@ -1,4 +1,5 @@
 """The vignette classifier: its input, its training, its place in the checkpoint and the pipeline."""
+import dataclasses
 import math
 
 import cv2
@@ -174,15 +175,21 @@ def test_a_part_inside_a_more_confident_object_is_dropped_touching_ones_stay(tin
     neighbour = np.ones((20, 10), bool)  # touching its right edge, outside it
     masks = CroppedMasks(np.array([[10, 10], [10, 10], [50, 10]]), (whole, part, neighbour))
     d = Detections(np.array([[10, 10, 50, 30], [10, 10, 20, 30], [50, 10, 60, 30]], np.float32),
-                   np.array([0.9, 0.95, 0.6], np.float32), np.array([2, 2, 1]), masks)
+                   np.array([0.9, 0.5, 0.6], np.float32), np.array([2, 2, 1]), masks)
     counts = FrameCounts(per_class=np.zeros(9, np.int64))
     post = Postprocessor(classes, FilterConfig(), MeasureConfig(), "dark_on_bright", candidates=True)
     kept = post._drop_contained(d, counts)
-    # the part is more confident than its whole: greedy by score keeps the part, as NMS would
-    assert kept.scores.tolist() == pytest.approx([0.95, 0.6]) and counts.duplicates == 1
-    d2 = d.replace(scores=np.array([0.9, 0.5, 0.6], np.float32))
+    assert kept.scores.tolist() == pytest.approx([0.9, 0.6]) and counts.duplicates == 1
+    # a small object more confident than the large one around it (a radiolarian on a copepod)
+    # does not make the large one a part of it: both stay
+    d2 = d.replace(scores=np.array([0.9, 0.95, 0.6], np.float32))
     kept = post._drop_contained(d2, FrameCounts(per_class=np.zeros(9, np.int64)))
-    assert kept.scores.tolist() == pytest.approx([0.9, 0.6])
+    assert kept.scores.tolist() == pytest.approx([0.9, 0.95, 0.6])
+    # the same object twice (a duplicate the box NMS missed) is kept once
+    d3 = Detections(d.boxes[[0, 0]], np.array([0.7, 0.8], np.float32), np.array([2, 2]),
+                    CroppedMasks(masks.origins[[0, 0]], (whole, whole)))
+    kept = post._drop_contained(d3, FrameCounts(per_class=np.zeros(9, np.int64)))
+    assert kept.scores.tolist() == pytest.approx([0.8])
 
 
 def test_train_classifier_then_infer_with_it(tmp_path, small_cruise, tiny_checkpoint):
@@ -227,6 +234,31 @@ def test_train_classifier_then_infer_with_it(tmp_path, small_cruise, tiny_checkp
         assert min(per_frame, default=0) >= 0
     r = CliRunner().invoke(app, ["train-classifier", str(gt), "--model", str(tmp_path / "missing.pt")])
     assert r.exit_code == 2 and "model file not found" in r.output
+
+
+def test_cut_vignettes_are_reused_only_for_the_same_detector(tmp_path, small_cruise, tiny_checkpoint, monkeypatch):
+    import segplank.train_classifier as tc
+    from segplank.config import PipelineConfig
+
+    gt = small_cruise / "ground_truth.coco.json"
+    pipeline = PipelineConfig.model_validate({"tiling": {"tile_size": 256, "overlap": 32}})
+    cfg = ClassifierTrainConfig(ClassifierConfig(24, 4), iterations=2, batch_size=8, threads=1)
+    cache = tmp_path / "v.npz"
+    ck = load_checkpoint(tiny_checkpoint)
+    first = tc.fit_classifier(ck, [gt], tmp_path / "a.pt", [gt], cfg, pipeline, mine_frames=1, cache=cache)
+    assert cache.is_file()
+    mined = []
+    real_mine = tc.mine
+    monkeypatch.setattr(tc, "mine", lambda *a, **k: mined.append(1) or real_mine(*a, **k))
+    again = tc.fit_classifier(ck, [gt], tmp_path / "b.pt", [gt], cfg, pipeline, mine_frames=1, cache=cache)
+    assert not mined  # same detector, annotations and config: nothing mined again
+    a, b = first.classifier["trained_on"], again.classifier["trained_on"]
+    assert (a["train_vignettes"], a["val_vignettes"], a["mined_frames"]) == (
+        b["train_vignettes"], b["val_vignettes"], b["mined_frames"])
+    other = dataclasses.replace(ck, state_dict={k: v + 0.01 if v.is_floating_point() else v
+                                                for k, v in ck.state_dict.items()})
+    tc.fit_classifier(other, [gt], tmp_path / "c.pt", [gt], cfg, pipeline, mine_frames=1, cache=cache)
+    assert len(mined) == 2  # another detector: train and val candidates mined again
 
 
 def test_stages_use_the_checkpoint_classifier_unless_told_not_to(tmp_path, tiny_checkpoint):

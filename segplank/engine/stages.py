@@ -194,7 +194,13 @@ class Postprocessor:
         return d[np.flatnonzero(keep)]
 
     def _drop_contained(self, d: Detections, counts: FrameCounts) -> Detections:
-        """Objects lying mostly (``measure.contained_share`` of their pixels) inside a more confident one are parts of it."""
+        """Objects lying mostly (``measure.contained_share`` of their own pixels) inside a more confident one are parts of it.
+
+        Only the object inside is judged: a larger object around a more confident small one
+        is an organism with a speck or a radiolarian on it (the classifier calls fusions "not
+        an object"). On the held-out cruise, judging both by the smaller one's pixels dropped
+        such organisms and cost 0.03 recall at equal precision.
+        """
         if len(d) < 2:
             return d
         order = np.argsort(-d.scores, kind="stable")
@@ -204,7 +210,7 @@ class Postprocessor:
         kept = np.zeros(len(order), bool)
         share = self.measure_cfg.contained_share
         for a in range(len(order)):
-            kept[a] = not any(_shared(d.masks, order[a], order[b]) >= share * min(areas[a], areas[b])
+            kept[a] = not any(_shared(d.masks, order[a], order[b]) >= share * areas[a]
                               for b in np.flatnonzero(overlap[a, :a] & kept[:a]))
         counts.duplicates += int((~kept).sum())
         return d[np.sort(order[kept])]

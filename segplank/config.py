@@ -108,7 +108,8 @@ class MeasureConfig(_Section):
     refine_dilate_px: int = Field(4, ge=0, le=64)
     refine_grow: bool = False  # follow organisms past their predicted mask (fragments); may fuse touching organisms
     duplicate_iou: float = Field(0.7, gt=0, le=1)  # refined objects whose boxes overlap this much are one
-    contained_share: float = Field(0.6, gt=0, le=1)  # with a classifier: an object this much inside a more confident one is part of it
+    # with a classifier: an object with this share of its own pixels inside a more confident one is part of it
+    contained_share: float = Field(0.4, gt=0, le=1)
     refine_contrast: float = Field(10.0, gt=0)  # 8-bit grey levels from the background that are object (x257 on 16-bit frames)
 
 

@@ -79,9 +79,11 @@ class VignetteSet:
 
 class VignetteCache:
     """Vignettes cut once (mining runs the detector on every frame: most of a run on a CPU),
-    reused while the detector, the annotations and the cutting stay the same.
+    reused while the detector, the annotation files and the config that makes and cuts the
+    candidates stay the same.
 
-    The key is a digest of all of them; a cache made under another key is rebuilt, never used.
+    The key is a digest of all of them (not of the images: they are named by the annotation
+    files); a cache made under another key is rebuilt, never used.
     """
 
     def __init__(self, path: Path | None, ckpt: Checkpoint, paths: Sequence[Path], size: int,
@@ -98,6 +100,7 @@ class VignetteCache:
                              "instrument": pipeline.instrument.model_dump(mode="json"),
                              "measure": pipeline.measure.model_dump(mode="json"),
                              "tiling": pipeline.tiling.model_dump(mode="json"),
+                             "stitch": pipeline.stitch.model_dump(mode="json"),
                              "detector": pipeline.detector.model_dump(mode="json")}, sort_keys=True).encode())
         self.key = h.hexdigest()
 

@@ -253,12 +253,18 @@ def test_cut_vignettes_are_reused_only_for_the_same_detector(tmp_path, small_cru
     again = tc.fit_classifier(ck, [gt], tmp_path / "b.pt", [gt], cfg, pipeline, mine_frames=1, cache=cache)
     assert not mined  # same detector, annotations and config: nothing mined again
     a, b = first.classifier["trained_on"], again.classifier["trained_on"]
-    assert (a["train_vignettes"], a["val_vignettes"], a["mined_frames"]) == (
-        b["train_vignettes"], b["val_vignettes"], b["mined_frames"])
+    assert (a["train_vignettes"], a["val_vignettes"], a["mined_frames"], a["val_accuracy"]) == (
+        b["train_vignettes"], b["val_vignettes"], b["mined_frames"], b["val_accuracy"])
+    # the same vignettes in the same order: seeded training gives the same weights
+    for k, v in first.classifier["state_dict"].items():
+        assert torch.equal(v, again.classifier["state_dict"][k]), k
     other = dataclasses.replace(ck, state_dict={k: v + 0.01 if v.is_floating_point() else v
                                                 for k, v in ck.state_dict.items()})
     tc.fit_classifier(other, [gt], tmp_path / "c.pt", [gt], cfg, pipeline, mine_frames=1, cache=cache)
     assert len(mined) == 2  # another detector: train and val candidates mined again
+    recut = pipeline.model_copy(update={"measure": pipeline.measure.model_copy(update={"refine_contrast": 20.0})})
+    tc.fit_classifier(other, [gt], tmp_path / "d.pt", [gt], cfg, recut, mine_frames=1, cache=cache)
+    assert len(mined) == 4  # another refinement: other candidates, mined again
 
 
 def test_stages_use_the_checkpoint_classifier_unless_told_not_to(tmp_path, tiny_checkpoint):

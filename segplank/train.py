@@ -161,6 +161,7 @@ def _model(cfg: TrainConfig, classes: ClassMap, init_ckpt: Checkpoint | None) ->
     model = build_model(cfg.model.model_copy(update={"tile_size": cfg.chip_size}), len(classes))
     if init_ckpt is not None:
         _load_init(model, init_ckpt, classes)
+    model.roi_heads.fg_bg_sampler.batch_size_per_image = cfg.roi_samples_per_image
     return model.train()
 
 

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from segplank.cli import app
 from segplank.config import ConfigError, TrainConfig, build_config
 from segplank.model.build import build_model
-from segplank.model.checkpoint import load_checkpoint
+from segplank.model.checkpoint import ClassMap, load_checkpoint
 from segplank.synth import make_cruise
-from segplank.train import adapt_heads, make_val_set, mask_ap, train
+from segplank.train import _model, adapt_heads, make_val_set, mask_ap, train
 from segplank.train_data import (Annotation, ChipSampler, CocoError, TrainFrame, augment, load_coco_frames,
                                  plankton_augmentations, repeat_factors, to_target)
 
@@ -290,6 +290,13 @@ def test_sampling_modes_and_the_older_balanced_key():
     assert build_config({"balanced": False}, "t", TrainConfig).sampling == "none"
     with pytest.raises(ConfigError, match="give 'sampling' only"):
         build_config({"balanced": True, "sampling": "none"}, "t", TrainConfig)
+
+
+def test_the_box_head_learns_from_the_configured_number_of_proposals():
+    classes = ClassMap(("copepod", "marine_snow"), (True, False))
+    assert _model(tiny_cfg(), classes, None).roi_heads.fg_bg_sampler.batch_size_per_image == 512  # torchvision's
+    model = _model(tiny_cfg(roi_samples_per_image=64), classes, None)
+    assert model.training and model.roi_heads.fg_bg_sampler.batch_size_per_image == 64
 
 
 # --- the command ---------------------------------------------------------------------------------

@@ -21,8 +21,11 @@ if [ "$STAGE" = detector ]; then
   DETECTOR=$WORK/detector.pt
 fi
 DETECTOR=${DETECTOR:-segplank/data/demo_model.pt}
+# The bundled classifier learned from masks refined at measure.refine_contrast 10, the default
+# before it became 12; its thresholds were then chosen at 12. Mining at 10 rebuilds that model.
+printf 'measure:\n  refine_contrast: 10.0\n' > "$WORK/mining.yaml"
 "$BIN/segplank" train-classifier "$WORK/train/ground_truth.coco.json" --model "$DETECTOR" \
   --val "$WORK/val/ground_truth.coco.json" --mine-frames 40 --iterations 3000 --seed 0 \
-  --vignettes "$WORK/vignettes.npz" -o "$WORK/classified.pt"
+  -c "$WORK/mining.yaml" --vignettes "$WORK/vignettes.npz" -o "$WORK/classified.pt"
 "$BIN/segplank" eval "$WORK/calib/ground_truth.coco.json" --model "$WORK/classified.pt" \
   --target-precision 0.85 --write-model segplank/data/demo_model.pt

@@ -111,7 +111,7 @@ class MeasureConfig(_Section):
     # with a classifier: an object with this share of its own pixels inside a more confident one is part of it
     contained_share: float = Field(0.4, gt=0, le=1)
     # 8-bit grey levels from the background that are object (x257 on 16-bit frames): 12 rather
-    # than 10 keeps faint antennae and halos from joining touching organisms (calibration cruise)
+    # than 10 keeps faint antennae and halos from joining touching organisms (calibration, demo cruises)
     refine_contrast: float = Field(12.0, gt=0)
 
 

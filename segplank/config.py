@@ -113,6 +113,10 @@ class MeasureConfig(_Section):
     # 8-bit grey levels from the background that are object (x257 on 16-bit frames): 12 rather
     # than 10 keeps faint antennae and halos from joining touching organisms (calibration, demo cruises)
     refine_contrast: float = Field(12.0, gt=0)
+    # with a classifier: each refined candidate is also cut into the pieces an opening of this
+    # radius separates (touching organisms, joined by an antenna); 0 turns it off. 8 was
+    # chosen over 5 and 12 on the calibration cruise
+    refine_split_px: int = Field(8, ge=0, le=64)
 
 
 class OutputConfig(_Section):

@@ -296,3 +296,21 @@ def test_the_bundled_demo_model_carries_its_classifier_and_stays_small():
     t = ck.classifier["trained_on"]
     assert t["mined_frames"] > 0 and t["val_accuracy"] > 0.8  # what `train-classifier` measured when it was built
     assert all(th is not None for th in ck.classes.thresholds)  # chosen on the calibration cruise
+
+
+def test_candidates_include_the_pieces_of_touching_organisms(tiny_checkpoint):
+    """Two organisms joined by an antenna refine into one mask: its pieces are candidates too."""
+    from tests.test_refine import dets_of, frame, two_touching
+
+    classes = load_checkpoint(tiny_checkpoint).classes
+    a, b, bridge = two_touching()
+    image = frame(a | b | bridge, 210, 90, 2.0)
+    d = dets_of(a | b | bridge).replace(labels=np.array([2]))  # boxed as one copepod
+    refined = {}
+    for split in (8, 0):
+        post = Postprocessor(classes, FilterConfig(), MeasureConfig(refine_split_px=split), "dark_on_bright",
+                             candidates=True)
+        refined[split] = post.refine(d, image)
+    assert len(refined[0]) == 1 and len(refined[8]) == 3
+    areas = np.sort(refined[8].masks.areas())
+    assert areas[-1] == refined[0].masks.areas()[0] == areas[0] + areas[1]  # the whole, and its two pieces

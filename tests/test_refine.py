@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from segplank.refine import refine_masks
+from segplank.refine import refine_masks, split_touching
 from segplank.structures import CroppedMasks, Detections, RoiMasks
 
 SIZE = (150, 170)  # frame rows, columns
@@ -189,3 +189,37 @@ def test_grow_refuses_a_background_gradient():
                       labels=np.ones(1, np.int64), masks=CroppedMasks(np.array([[100, 190]]), (part,)))
     grown = refine_masks(dets, img, "dark_on_bright", 4, 10.0, grow=True)
     assert grown.masks.bitmaps[0].sum() < 3 * part.sum()
+
+
+def two_touching() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two discs (r 20 and 25) and the 3 px-wide bridge (an antenna) that joins them."""
+    size = (120, 200)
+    a, b = disc(centre=(50.4, 60.2), radius=20, size=size), disc(centre=(140.7, 58.9), radius=25, size=size)
+    bridge = np.zeros(size, bool)
+    bridge[58:61, 60:130] = True
+    return a, b, bridge
+
+
+def test_split_cuts_touching_organisms_apart():
+    a, b, bridge = two_touching()
+    joined = dets_of(a | b | bridge, extra=True)
+    out = split_touching(joined, 8)
+    assert len(out) == 2
+    pieces = sorted((paste(out.masks, i, a.shape) for i in range(2)), key=lambda m: np.argwhere(m)[:, 1].mean())
+    # each body gets its own half of the bridge; nothing of the mask is lost or doubled
+    assert iou(pieces[0], a) >= 0.8 and iou(pieces[1], b) >= 0.85
+    assert not (pieces[0] & pieces[1]).any() and np.array_equal(pieces[0] | pieces[1], a | b | bridge)
+    np.testing.assert_array_equal(out.boxes, out.masks.tight_boxes())
+    # the pieces inherit their parent's row
+    assert out.labels.tolist() == [0, 0] and out.extra["tag"].tolist() == [0, 0]
+
+
+def test_split_leaves_single_and_thin_organisms_alone():
+    a, _, _ = two_touching()
+    ellipse = np.zeros((120, 400), np.uint8)
+    cv2.ellipse(ellipse, (200, 60), (150, 30), 10, 0, 360, 1, -1)  # elongated but one body
+    thin = np.zeros((120, 400), np.uint8)
+    cv2.ellipse(thin, (200, 60), (180, 5), 0, 0, 360, 1, -1)  # a chaetognath narrower than the opening
+    out = split_touching(dets_of(a, ellipse.astype(bool), thin.astype(bool)), 8)
+    assert len(out) == 0 and out.boxes.shape == (0, 4)
+    assert len(split_touching(dets_of(a), 0)) == 0

@@ -23,7 +23,7 @@ fi
 DETECTOR=${DETECTOR:-segplank/data/demo_model.pt}
 # The bundled classifier learned from masks refined at measure.refine_contrast 10, the default
 # before it became 12; its thresholds were then chosen at 12. Mining at 10 rebuilds that model.
-printf 'measure:\n  refine_contrast: 10.0\n' > "$WORK/mining.yaml"
+printf 'measure:\n  refine_contrast: 10.0\n  refine_split_px: 0\n' > "$WORK/mining.yaml"
 "$BIN/segplank" train-classifier "$WORK/train/ground_truth.coco.json" --model "$DETECTOR" \
   --val "$WORK/val/ground_truth.coco.json" --mine-frames 40 --iterations 3000 --seed 0 \
   -c "$WORK/mining.yaml" --vignettes "$WORK/vignettes.npz" -o "$WORK/classified.pt"

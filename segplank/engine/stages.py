@@ -15,7 +15,7 @@ from ..measure import measure
 from ..model.checkpoint import ClassMap
 from ..model.classifier import VignetteClassifier
 from ..model.predict import TilePredictor
-from ..refine import refine_masks
+from ..refine import refine_masks, split_touching
 from ..stitch import Stitcher
 from ..structures import CroppedMasks, Detections, FrameInfo
 from ..tiling import (component_boxes, crop_tiles, foreground_map, occupied_tiles, tile_grid, tile_proposals,
@@ -154,6 +154,8 @@ class Postprocessor:
         Candidates the box head took for plankton are refined twice, as boxed and grown past
         their prediction (``refine_masks``' ``grow``), when the two differ: a part of an
         organism grows into its whole, and the classifier judges which of the two is an object.
+        Each is also cut into the pieces that ``split_touching`` pulls apart (``refine_split_px``):
+        two touching organisms refine into one mask, and their pieces are candidates too.
         """
         m = self.measure_cfg
         if not (m.refine and len(d)):
@@ -167,7 +169,8 @@ class Postprocessor:
             idx = np.flatnonzero(organisms)
             grown = refine_masks(d[idx], image, self.polarity, m.refine_dilate_px, contrast, True)
             new = np.flatnonzero(np.abs(grown.boxes - plain.boxes[idx]).max(1, initial=0) > 0)
-            return Detections.cat([plain, grown[new]])
+            both = Detections.cat([plain, grown[new]])
+            return Detections.cat([both, split_touching(both, m.refine_split_px)]) if m.refine_split_px else both
         grow = organisms & m.refine_grow
         d = refine_masks(d, image, self.polarity, m.refine_dilate_px, contrast, grow)
         if counts is not None:

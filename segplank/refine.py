@@ -109,10 +109,12 @@ def split_touching(dets: Detections, radius: int) -> Detections:
     """
     if not isinstance(dets.masks, CroppedMasks):
         raise TypeError("split_touching() needs CroppedMasks")
+    if radius <= 0:
+        return dets.numpy()[np.zeros(0, np.int64)]
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     parents, origins, bitmaps = [], [], []
     for i, (bitmap, (ox, oy)) in enumerate(zip(dets.masks.bitmaps, dets.masks.origins)):
-        if radius <= 0 or min(bitmap.shape) <= 2 * radius:  # no body fits: nothing to cut apart
+        if min(bitmap.shape) <= 2 * radius:  # no body fits: nothing to cut apart
             continue
         for x, y, piece in _pieces(np.ascontiguousarray(bitmap, np.uint8), kernel):
             parents.append(i)

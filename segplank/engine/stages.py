@@ -170,7 +170,7 @@ class Postprocessor:
             grown = refine_masks(d[idx], image, self.polarity, m.refine_dilate_px, contrast, True)
             new = np.flatnonzero(np.abs(grown.boxes - plain.boxes[idx]).max(1, initial=0) > 0)
             both = Detections.cat([plain, grown[new]])
-            return Detections.cat([both, split_touching(both, m.refine_split_px)]) if m.refine_split_px else both
+            return Detections.cat([both, split_touching(both, m.refine_split_px)])
         grow = organisms & m.refine_grow
         d = refine_masks(d, image, self.polarity, m.refine_dilate_px, contrast, grow)
         if counts is not None:

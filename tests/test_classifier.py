@@ -278,11 +278,20 @@ def test_stages_use_the_checkpoint_classifier_unless_told_not_to(tmp_path, tiny_
     assert s.post.classifier is not None and s.post.candidates
     # the box head only proposes: every class at the candidate score, background never
     assert s.detector.predictor.thresholds.tolist() == pytest.approx([1.0] + [0.05] * len(ck.classes))
+    # which candidates the mask head draws does not depend on which rows are written
+    keep = PipelineConfig.model_validate({"filter": {"keep_non_plankton": True}})
+    assert not s.detector.predictor.masks_for_non_plankton
+    assert not build_stages(keep, with_clf, cpu).detector.predictor.masks_for_non_plankton
     off = PipelineConfig.model_validate({"detector": {"vignette_classifier": False}})
     s = build_stages(off, with_clf, cpu)
     assert s.post.classifier is None and not s.post.candidates
+    # without a classifier the box head's names stand: non-plankton rows, when kept, get its masks
+    off_keep = PipelineConfig.model_validate({"detector": {"vignette_classifier": False},
+                                              "filter": {"keep_non_plankton": True}})
+    assert build_stages(off_keep, with_clf, cpu).detector.predictor.masks_for_non_plankton
     s = build_stages(PipelineConfig(), ck, cpu, candidates=True)  # what a classifier is trained on
     assert s.post.classifier is None and s.post.candidates
+    assert not build_stages(keep, ck, cpu, candidates=True).detector.predictor.masks_for_non_plankton
     assert build_stages(PipelineConfig(), ck, cpu).post.candidates is False
 
 

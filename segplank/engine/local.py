@@ -146,8 +146,13 @@ def build_stages(cfg: PipelineConfig, ckpt: Checkpoint, device: torch.device, ca
     # with a classifier the box head only proposes candidates: the thresholds apply to its names
     thresholds = (np.r_[1.0, np.full(len(classes), det.candidate_score)].astype(np.float32)
                   if classifier or candidates else classes.threshold_array(cfg.filter.score_threshold))
-    predictor = TilePredictor(model, classes, device, thresholds,
-                              masks_for_non_plankton=cfg.filter.keep_non_plankton, batch_size=det.batch_tiles,
+    # Candidates get the mask head's mask where the box head saw plankton, a full box (refined
+    # like any mask) elsewhere, whichever rows are written: with --keep-non-plankton deciding it,
+    # the flag changed which organisms were found. Masks for every candidate cost a third of a
+    # dense frame's time and found no more (held-out 0.844 vs 0.857, calibration 0.905 both).
+    masks_for_non_plankton = cfg.filter.keep_non_plankton and not (classifier or candidates)
+    predictor = TilePredictor(model, classes, device, thresholds, masks_for_non_plankton=masks_for_non_plankton,
+                              batch_size=det.batch_tiles,
                               amp=amp)
     return Stages(Tiler(cfg.tiling, cfg.instrument.polarity, det.component_proposals),
                   FrameDetector(predictor, cfg.stitch),

@@ -26,6 +26,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
+from .export.coco import SCORE_DECIMALS
 from .export.rle import to_rle
 
 IouType = Literal["bbox", "segm"]
@@ -286,7 +287,10 @@ def choose_thresholds(records: list[tuple[str, float, bool]], target_precision: 
     A prediction is right when it matches an organism (plankton classes) or any object
     (non-plankton classes). A class that never reaches the target gets the threshold of its
     most precise score band, so it still keeps what it does best; classes without
-    predictions are left out (the config's default applies).
+    predictions are left out (the config's default applies). Scores are read back rounded
+    (``SCORE_DECIMALS``), so the threshold sits half a rounding step under the last score
+    kept: equal to it, it dropped that prediction at inference (one organism per class on the
+    calibration cruise).
     """
     out: dict[str, float] = {}
     for name in sorted({r[0] for r in records}):
@@ -296,7 +300,7 @@ def choose_thresholds(records: list[tuple[str, float, bool]], target_precision: 
         precision = right / np.arange(1, len(rows) + 1)
         ok = np.flatnonzero(precision >= target_precision)
         k = ok[-1] if len(ok) else int(np.argmax(precision))
-        out[name] = float(max(floor, scores[k]))
+        out[name] = float(max(floor, scores[k] - 0.5 * 10.0 ** -SCORE_DECIMALS))
     return out
 
 

@@ -188,7 +188,7 @@ def test_ground_truth_against_itself_and_no_predictions(tmp_path, files):
 
 def test_choose_thresholds_on_match_records(files):
     thr = choose_thresholds(object_match(*files)["records"], 0.99)
-    assert thr == {"copepod": 0.8, "detritus": 0.65, "medusa": 0.4}
+    assert thr == pytest.approx({"copepod": 0.8, "detritus": 0.65, "medusa": 0.4}, abs=1e-5)
 
 
 # ---------------------------------------------------------------- COCOeval
@@ -284,7 +284,7 @@ def test_evaluate_writes_report(tmp_path, files):
     assert set(saved) >= {"objects", "coco", "thresholds", "at_thresholds", "iou"}
     assert "records" not in saved["objects"] and "detections" not in saved["objects"]
     assert saved["objects"]["plankton_precision"] == pytest.approx(1 / 3)
-    assert saved["thresholds"] == {"copepod": 0.8, "detritus": 0.65, "medusa": 0.4}
+    assert saved["thresholds"] == pytest.approx({"copepod": 0.8, "detritus": 0.65, "medusa": 0.4}, abs=1e-5)
     assert saved["coco"]["segm"]["AP50"] == r["coco"]["segm"]["AP50"]
     # at those thresholds every prediction of frame c and the low copepods of frame a go
     assert saved["at_thresholds"]["per_class"]["copepod"]["pred"] == 3

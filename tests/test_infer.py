@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
@@ -165,9 +166,12 @@ def test_choose_thresholds_reaches_target():
     from segplank.evaluate import choose_thresholds
 
     recs = [("copepod", s, ok) for s, ok in [(0.9, True), (0.8, True), (0.7, False), (0.6, True), (0.5, False), (0.4, False)]]
-    assert choose_thresholds(recs, 0.75)["copepod"] == 0.6  # top 4: 3/4 right
-    assert choose_thresholds(recs, 1.0)["copepod"] == 0.8
-    assert choose_thresholds([("x", 0.3, False), ("x", 0.2, False)], 0.9)["x"] == 0.3
+    assert choose_thresholds(recs, 0.75)["copepod"] == pytest.approx(0.6, abs=1e-5)  # top 4: 3/4 right
+    assert choose_thresholds(recs, 1.0)["copepod"] == pytest.approx(0.8, abs=1e-5)
+    assert choose_thresholds([("x", 0.3, False), ("x", 0.2, False)], 0.9)["x"] == pytest.approx(0.3, abs=1e-5)
+    # the last one kept, read back rounded (0.758055 written as 0.75806), is still kept at inference
+    thr = choose_thresholds([("m", 0.75806, True), ("m", 0.75805, False)], 0.9)["m"]
+    assert 0.75805 < thr <= 0.758055  # above the first dropped, under the true score of the last kept
 
 
 def test_stream_option(tmp_path, small_cruise, tiny_checkpoint):

@@ -9,6 +9,8 @@ from ..structures import Detections
 from .atomic import write_json
 from .rle import encode_in_frame
 
+SCORE_DECIMALS = 5  # scores in COCO files are rounded to this many decimals
+
 
 def coco_categories(names: list[str], is_plankton: list[bool]) -> list[dict]:
     return [{"id": k + 1, "name": n, "supercategory": "plankton" if p else "non-plankton"}
@@ -34,7 +36,7 @@ def coco_annotations(dets: Detections, object_ids: list[str]) -> list[dict]:
             "image_id": f.index + 1, "category_id": int(dets.labels[k]),
             "segmentation": encode_in_frame(bm, (ox, oy), f.height, f.width),
             "area": int(bm.sum()), "bbox": [int(ox), int(oy), int(bm.shape[1]), int(bm.shape[0])],
-            "score": round(float(dets.scores[k]), 5), "iscrowd": 0, "object_id": object_ids[k],
+            "score": round(float(dets.scores[k]), SCORE_DECIMALS), "iscrowd": 0, "object_id": object_ids[k],
         })
     return out
 

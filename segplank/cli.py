@@ -1,6 +1,7 @@
 """The `segplank` command line."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -333,8 +334,11 @@ def demo(out_dir: Path = typer.Argument(Path("demo_out"), help="Where to write t
 
 
 @app.command("eval")
-def evaluate_cmd(gt: Path = typer.Argument(..., help="Ground-truth COCO file of full frames."),
-                 pred: Optional[Path] = typer.Argument(None, help="Predictions (COCO); omit to run --model on the frames."),
+def evaluate_cmd(gt: Path = typer.Argument(..., help="Ground-truth COCO file of full frames, or a line-scan cruise's "
+                                                     "ground_truth_stream.json (each organism once, whole)."),
+                 pred: Optional[Path] = typer.Argument(None, help="Predictions (COCO), or with a stream ground truth the "
+                                                              "output folder of an `infer --stream` run; omit to run "
+                                                              "--model on the frames."),
                  model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint to run on the GT frames."),
                  iou: float = typer.Option(0.5, min=0.05, max=1.0, help="Mask IoU that makes a match."),
                  min_score: float = typer.Option(0.0, min=0.0, max=1.0, help="Object-level figures count predictions from this score."),
@@ -353,12 +357,23 @@ def evaluate_cmd(gt: Path = typer.Argument(..., help="Ground-truth COCO file of 
     from .export.atomic import write_json
     from .model.checkpoint import DEMO_MODEL, CheckpointError, load_checkpoint
 
+    from .eval_stream import is_stream_truth, stream_run_coco, stream_truth_coco
+
     if not gt.is_file():
         _fail(f"{gt}: ground-truth file not found")
     if write_model is not None and target_precision is None:
         _fail("--write-model writes the thresholds chosen for --target-precision: give --target-precision too")
-    if pred is not None and not pred.is_file():
-        _fail(f"{pred}: predictions file not found")
+    try:
+        truth = json.loads(gt.read_text())
+    except (OSError, ValueError) as e:
+        _fail(f"{gt}: not a JSON ground truth ({type(e).__name__})")
+    stream = is_stream_truth(truth)
+    if stream and target_precision is not None:
+        _fail(f"{gt}: thresholds are chosen on a frame-by-frame ground truth (ground_truth.coco.json), "
+              "not on the stream one")
+    if pred is not None and not (pred.is_dir() if stream else pred.is_file()):
+        _fail(f"{pred}: no `segplank infer --stream` output folder there" if stream else
+              f"{pred}: predictions file not found")
     if pred is None:
         model_path = model or DEMO_MODEL
         run_dir = Path(tempfile.mkdtemp(prefix="segplank_eval_"))
@@ -373,9 +388,10 @@ def evaluate_cmd(gt: Path = typer.Argument(..., help="Ground-truth COCO file of 
             model_path = ckpt.with_thresholds(None).save(run_dir / "unthresholded.pt")
         infer(gt.parent, output=run_dir / "out", model=model_path, config=low, device="auto",
               keep_non_plankton=target_precision is not None, force=True, limit=None, threads=None, engine=None,
-              address=None, decode_workers=None, stream=None, verbose=False)
-        pred = run_dir / "out" / "predictions.coco.json"
-    res = evaluate(gt, pred, out_dir, iou, min_score=min_score, target_precision=target_precision,
+              address=None, decode_workers=None, stream=True if stream else None, verbose=False)
+        pred = run_dir / "out" if stream else run_dir / "out" / "predictions.coco.json"
+    gt_src, pred_src = (gt, pred) if not stream else (stream_truth_coco(truth), stream_run_coco(pred, truth))
+    res = evaluate(gt_src, pred_src, out_dir, iou, min_score=min_score, target_precision=target_precision,
                    iou_types=("bbox", "segm") if coco else (), max_dets=(1, 100, max_dets))
     out.print(format_table(res))
     if "coco" in res:

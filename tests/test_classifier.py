@@ -176,20 +176,16 @@ def test_a_part_inside_a_more_confident_object_is_dropped_touching_ones_stay(tin
     masks = CroppedMasks(np.array([[10, 10], [10, 10], [50, 10]]), (whole, part, neighbour))
     d = Detections(np.array([[10, 10, 50, 30], [10, 10, 20, 30], [50, 10, 60, 30]], np.float32),
                    np.array([0.9, 0.5, 0.6], np.float32), np.array([2, 2, 1]), masks)
-    counts = FrameCounts(per_class=np.zeros(9, np.int64))
     post = Postprocessor(classes, FilterConfig(), MeasureConfig(), "dark_on_bright", candidates=True)
-    kept = post._drop_contained(d, counts)
-    assert kept.scores.tolist() == pytest.approx([0.9, 0.6]) and counts.duplicates == 1
+    assert post.distinct(d).tolist() == [0, 2]
     # a small object more confident than the large one around it (a radiolarian on a copepod)
     # does not make the large one a part of it: both stay
     d2 = d.replace(scores=np.array([0.9, 0.95, 0.6], np.float32))
-    kept = post._drop_contained(d2, FrameCounts(per_class=np.zeros(9, np.int64)))
-    assert kept.scores.tolist() == pytest.approx([0.9, 0.95, 0.6])
+    assert post.distinct(d2).tolist() == [0, 1, 2]
     # the same object twice (a duplicate the box NMS missed) is kept once
     d3 = Detections(d.boxes[[0, 0]], np.array([0.7, 0.8], np.float32), np.array([2, 2]),
                     CroppedMasks(masks.origins[[0, 0]], (whole, whole)))
-    kept = post._drop_contained(d3, FrameCounts(per_class=np.zeros(9, np.int64)))
-    assert kept.scores.tolist() == pytest.approx([0.8])
+    assert post.distinct(d3).tolist() == [1]
 
 
 def test_train_classifier_then_infer_with_it(tmp_path, small_cruise, tiny_checkpoint):

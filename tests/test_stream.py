@@ -187,6 +187,67 @@ def test_assembler_releases_frames_in_order_when_their_objects_close():
     assert total == len(masks)
 
 
+def _organism_and_its_fragments(k):
+    """Frame k of a stream holding one organism across cut 1 and, either side of the cut, a
+    fragment of it boxed on its own (what a detector's candidates hold beside the whole)."""
+    organism = _ellipse(200, H, 30, 60, 0)
+    pieces = [(organism, 0.9)]
+    if k == 0:  # its head, closed with frame 0 (it does not reach the cut)
+        pieces.append((organism & (np.arange(TALL)[:, None] < H - 30), 0.5))
+    if k == 1:  # its tail, a part of frame 1 alone
+        pieces.append((organism & (np.arange(TALL)[:, None] >= H + 30), 0.6))
+    origins, bitmaps, boxes = [], [], []
+    for m, _ in pieces:
+        part = m[k * H:(k + 1) * H]
+        if not part.any():
+            continue
+        ys, xs = np.nonzero(part)
+        origins.append([xs.min(), ys.min()])
+        bitmaps.append(part[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    n = len(boxes)
+    return Detections(np.array(boxes, np.float32).reshape(-1, 4),
+                      np.array([sc for m, sc in pieces if m[k * H:(k + 1) * H].any()], np.float32),
+                      np.ones(n, np.int64), CroppedMasks(np.array(origins, np.int64).reshape(-1, 2), tuple(bitmaps)))
+
+
+@pytest.mark.parametrize("select", [False, True])
+def test_assembler_judges_an_organism_with_its_fragments_from_other_batches(select):
+    """A fragment closed with an earlier batch, or owned by the next frame, is judged against
+    the whole organism by the classifier's rule (``Postprocessor.distinct``): without the
+    selection across batches it came out beside it."""
+    from segplank.config import FilterConfig, MeasureConfig
+    from segplank.engine.stages import Postprocessor
+    from segplank.model.checkpoint import ClassMap
+
+    post = Postprocessor(ClassMap(("copepod",), (True,)), FilterConfig(), MeasureConfig(), "dark_on_bright",
+                         candidates=True)
+    seen = []
+
+    def choose(parts):
+        seen.append([len(d) for _, d in parts])
+        keep = np.zeros(sum(len(d) for _, d in parts), bool)
+        keep[post.distinct(Detections.cat([d for _, d in parts]))] = True
+        bounds = np.cumsum([0] + [len(d) for _, d in parts])
+        return [np.flatnonzero(keep[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    asm = FrameAssembler(StreamStitcher(), choose if select else None)
+    released = []
+    for k in range(3):
+        info = FrameInfo(Path(f"f{k}.png"), k, None, H, W)
+        released += asm.push(k, info, _organism_and_its_fragments(k), _image(k),
+                             lambda d, image: (d, {"centroid_y": np.asarray(d.boxes)[:, 1]}))
+    released += asm.flush(lambda d, image: (d, {"centroid_y": np.asarray(d.boxes)[:, 1]}))
+    out = [(r.frame, d) for r in released for d in [ordered(r.parts)[0]] if d is not None]
+    heights = sorted(int(b[3] - b[1]) for _, d in out for b in np.asarray(d.boxes))
+    if not select:
+        assert len(heights) == 3  # the organism (121 rows), its head and its tail
+        return
+    assert [f for f, _ in out] == [0] and heights == [121]  # once, whole, owned by frame 0
+    assert np.asarray(out[0][1].scores).tolist() == pytest.approx([0.9])
+    assert any(len(n) > 1 for n in seen)  # the batches were judged together
+
+
 def _frames(times, folder="a", name="ISIIS_{}.png"):
     t0 = datetime(2026, 6, 1, tzinfo=timezone.utc)
     return [FrameInfo(Path(folder) / name.format(f"{i:03d}"), i, t0 + timedelta(seconds=t))
@@ -484,3 +545,29 @@ def test_engine_stream_with_organisms_across_cuts(tmp_path, tiny_checkpoint, mon
     LocalRunner(cfg, load_checkpoint(tiny_checkpoint), tiny_checkpoint, torch.device("cpu"), threads=1).run(
         cruise, tmp_path / "flat")
     assert pq.read_table(tmp_path / "flat" / "objects").num_rows > len(truth)
+    # scored as organisms exist (ground_truth_stream.json): the stream run finds each once;
+    # frame by frame, the pieces of the organisms across cuts are false detections
+    from typer.testing import CliRunner
+
+    from segplank.cli import app
+    from segplank.eval_stream import stream_run_coco, stream_truth_coco
+    from segplank.evaluate import FALSE_DETECTION, object_match
+
+    stream_truth = json.loads((cruise / "ground_truth_stream.json").read_text())
+    res = CliRunner().invoke(app, ["eval", str(cruise / "ground_truth_stream.json"), str(tmp_path / "whole"),
+                                   "--json", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "s.json").read_text())["objects"]
+    n_plankton = sum(o["category_id"] <= 5 for o in truth)
+    assert (got["plankton_recall"], got["plankton_precision"], got["gt_plankton"]) == (1.0, 1.0, n_plankton)
+    assert got["non_plankton"]["detected"] == len(truth) - n_plankton
+    flat = object_match(stream_truth_coco(stream_truth), stream_run_coco(tmp_path / "flat", stream_truth))
+    assert flat["confusion"]["counts"][flat["confusion"]["rows"].index(FALSE_DETECTION)] != [0] * len(
+        flat["confusion"]["columns"])
+    # what the stream ground truth needs, said in one line
+    res = CliRunner().invoke(app, ["eval", str(cruise / "ground_truth_stream.json"),
+                                   str(tmp_path / "whole" / "predictions.coco.json")])
+    assert res.exit_code != 0 and "infer --stream" in res.output
+    res = CliRunner().invoke(app, ["eval", str(cruise / "ground_truth_stream.json"), str(tmp_path / "whole"),
+                                   "--target-precision", "0.85"])
+    assert res.exit_code != 0 and "ground_truth.coco.json" in res.output

@@ -439,9 +439,24 @@ class LocalRunner(RunnerBase):
         work, replay, ends = plan_stream_work(plan.frames, list(plan.todo) + extension, sids)
         required = len(work) - len(extension)
         to_do = {f.path for f in plan.todo} | {f.path for f in plan.rest}
-        asm = FrameAssembler(StreamStitcher(margin=2 * self.cfg.measure.refine_dilate_px + 2, **self.stream_opts))
         n_classes = len(self.names) + 1
         found: dict = {}  # frame path → FrameCounts of the whole objects it owns
+
+        def select(parts: list[tuple[FrameInfo, Detections]]) -> list[np.ndarray]:
+            """The classifier's copies-and-parts rule (``Postprocessor.distinct``) across batches."""
+            keep = np.zeros(sum(len(d) for _, d in parts), bool)
+            keep[self.post.distinct(Detections.cat([d for _, d in parts]))] = True
+            out, start = [], 0
+            for info, d in parts:
+                k, start = keep[start:start + len(d)], start + len(d)
+                c = found[info.path]
+                c.duplicates += int((~k).sum())
+                c.per_class -= np.bincount(d.labels[~k], minlength=n_classes)
+                out.append(np.flatnonzero(k))
+            return out
+
+        asm = FrameAssembler(StreamStitcher(margin=2 * self.cfg.measure.refine_dilate_px + 2, **self.stream_opts),
+                             select if self.post.classifier is not None else None)
 
         def process(d: Detections, image: np.ndarray):
             c = found.setdefault(d.frame.path, FrameCounts(per_class=np.zeros(n_classes, np.int64)))

@@ -346,10 +346,23 @@ def _objects(out):
     return sorted(map(tuple, t[cols].itertuples(index=False)))
 
 
-def test_engine_stream_run_and_resume_equal_an_uninterrupted_run(tmp_path, small_cruise, tiny_checkpoint):
+@pytest.mark.parametrize("classifier", [False, True])
+def test_engine_stream_run_and_resume_equal_an_uninterrupted_run(tmp_path, small_cruise, tiny_checkpoint, classifier):
+    """With a vignette classifier too: its selection across batches (``FrameAssembler``'s
+    ``select``) sees, after a resume, what it saw in the uninterrupted run."""
     import pyarrow.parquet as pq
 
-    runner = _stream_run(small_cruise, tiny_checkpoint, tmp_path)
+    ckpt = tiny_checkpoint
+    if classifier:
+        from segplank.model.checkpoint import load_checkpoint
+        from segplank.model.classifier import ClassifierConfig, VignetteNet
+
+        torch.manual_seed(0)
+        ck = load_checkpoint(tiny_checkpoint)
+        net = VignetteNet(len(ck.classes) + 1, 4)
+        ckpt = ck.with_classifier(ClassifierConfig(24, 4), net.state_dict(), {"note": "random"}).save(tmp_path / "c.pt")
+    runner = _stream_run(small_cruise, ckpt, tmp_path, {"filter": {"score_threshold": 0.0, "keep_non_plankton": True}})
+    assert (runner.post.classifier is not None) == classifier
     whole = tmp_path / "whole"
     stats = runner.run(small_cruise, whole)
     assert stats.frames_done == 3 and stats.objects > 0

@@ -353,11 +353,10 @@ def evaluate_cmd(gt: Path = typer.Argument(..., help="Ground-truth COCO file of 
     import tempfile
 
     from .eval_report import coco_table, format_table
+    from .eval_stream import is_stream_truth, stream_run_coco, stream_truth_coco
     from .evaluate import evaluate, to_json
     from .export.atomic import write_json
     from .model.checkpoint import DEMO_MODEL, CheckpointError, load_checkpoint
-
-    from .eval_stream import is_stream_truth, stream_run_coco, stream_truth_coco
 
     if not gt.is_file():
         _fail(f"{gt}: ground-truth file not found")
@@ -390,7 +389,12 @@ def evaluate_cmd(gt: Path = typer.Argument(..., help="Ground-truth COCO file of 
               keep_non_plankton=target_precision is not None, force=True, limit=None, threads=None, engine=None,
               address=None, decode_workers=None, stream=True if stream else None, verbose=False)
         pred = run_dir / "out" if stream else run_dir / "out" / "predictions.coco.json"
-    gt_src, pred_src = (gt, pred) if not stream else (stream_truth_coco(truth), stream_run_coco(pred, truth))
+    gt_src, pred_src = gt, pred
+    if stream:
+        try:
+            gt_src, pred_src = stream_truth_coco(truth), stream_run_coco(pred, truth)
+        except FileNotFoundError as e:
+            _fail(str(e))
     res = evaluate(gt_src, pred_src, out_dir, iou, min_score=min_score, target_precision=target_precision,
                    iou_types=("bbox", "segm") if coco else (), max_dets=(1, 100, max_dets))
     out.print(format_table(res))

@@ -584,3 +584,6 @@ def test_engine_stream_with_organisms_across_cuts(tmp_path, tiny_checkpoint, mon
     res = CliRunner().invoke(app, ["eval", str(cruise / "ground_truth_stream.json"), str(tmp_path / "whole"),
                                    "--target-precision", "0.85"])
     assert res.exit_code != 0 and "ground_truth.coco.json" in res.output
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(app, ["eval", str(cruise / "ground_truth_stream.json"), str(tmp_path / "empty")])
+    assert res.exit_code != 0 and "no objects/ folder" in res.output and "Traceback" not in res.output

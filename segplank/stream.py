@@ -274,6 +274,10 @@ class StreamStitcher:
         """Push numbers of the frames that own an open object."""
         return np.unique(self._owner)
 
+    def open_boxes(self) -> np.ndarray:
+        """(N, 4) boxes of the open objects, in stream rows."""
+        return np.zeros((0, 4), np.float32) if self._open is None else np.asarray(self._open.boxes, np.float32)
+
     @property
     def kept_rows(self) -> int:
         """Image rows held (what bounds this stitcher's memory, with the open masks)."""
@@ -423,7 +427,9 @@ class FrameAssembler:
     processed, but one organism's candidates close in different batches: the part that
     continues across the cut with its owner frame's bottom, its fragments below the cut with
     the next frame. Without it a --stream run with a vignette classifier wrote an organism
-    and its fragments (held-out cruise: 173 plankton rows for 139 organisms).
+    and its fragments (held-out cruise: 173 plankton rows for 139 organisms). So that no
+    object is judged after the frames it lies on are written, a frame also waits while an
+    open object reaches one of its objects.
     """
 
     def __init__(self, stitcher: StreamStitcher, select: Selector | None = None) -> None:
@@ -444,6 +450,8 @@ class FrameAssembler:
         self._take(self.stitcher.push(dets, image), process)
         owners = self.stitcher.open_owners()
         limit = int(owners.min()) if len(owners) else self.stitcher.pushed
+        if self.select is not None:
+            limit = min(limit, self._first_reached())
         return self._release(limit)
 
     def flush(self, process) -> list[ReadyFrame]:
@@ -474,6 +482,21 @@ class FrameAssembler:
             p.parts.append((shift_rows(dets, dy), cols))
         if self.select is not None:
             self._select()
+
+    def _first_reached(self) -> int:
+        """Push number of the first pending frame holding an object that an open one reaches
+        (boxes padded by the stitcher's margin, as refinement grows them): it stays pending, to
+        be judged with that object when it closes."""
+        pad = self.stitcher.margin
+        open_boxes = self.stitcher.open_boxes() + np.array([-pad, -pad, pad, pad], np.float32)
+        if len(open_boxes):
+            for k, p in enumerate(self._pending):
+                for d, _ in p.parts:
+                    b = np.asarray(d.boxes, np.float32).reshape(-1, 1, 4) + np.array([0, p.row0, 0, p.row0], np.float32)
+                    if ((b[..., 0] < open_boxes[:, 2]) & (open_boxes[:, 0] < b[..., 2]) &
+                            (b[..., 1] < open_boxes[:, 3]) & (open_boxes[:, 1] < b[..., 3])).any():
+                        return self._base + k
+        return self.stitcher.pushed
 
     def _select(self) -> None:
         where = [(p, k) for p in self._pending for k, (d, _) in enumerate(p.parts) if len(d)]

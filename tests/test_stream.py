@@ -483,9 +483,12 @@ def test_stream_limit_one_makes_progress_every_run(tmp_path, small_cruise, tiny_
     assert done[0] >= 1 and all(b > a for a, b in zip(done, done[1:]) if a < 3) and done[-1] == 3
 
 
-def _perfect_engine_detector(monkeypatch, cruise):
+def _perfect_engine_detector(monkeypatch, cruise, fragments: bool = False):
     """Replace the engine's model + tile stitcher by the cruise's ground truth, frame by frame:
-    the engine's stream path is then judged on organisms that really cross the cuts."""
+    the engine's stream path is then judged on organisms that really cross the cuts.
+
+    ``fragments``: each part continuing an organism from the frame above also comes as its
+    lower half alone, as a detector's candidates hold a part beside the whole."""
     import json
 
     from pycocotools import mask as mask_utils
@@ -500,22 +503,84 @@ def _perfect_engine_detector(monkeypatch, cruise):
 
     def detect(self, tf, clock=None):
         im, anns = by_name[Path(tf.frame.path).name]
-        boxes, probs = [], []
+        boxes, probs, labels = [], [], []
         for a in anns:
             m = mask_utils.decode(mask_utils.frPyObjects(a["segmentation"], im["height"], im["width"])
                                   if isinstance(a["segmentation"], list) else a["segmentation"])
             ys, xs = np.nonzero(m)
-            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-            crop = m[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32)
-            probs.append(cv2.resize(crop, (56, 56), interpolation=cv2.INTER_AREA))
+            pieces = [m]
+            if fragments and ys.min() == 0 and ys.max() >= 16:
+                pieces.append(m * (np.arange(m.shape[0])[:, None] >= (ys.max() + 1) // 2))
+            for piece in pieces:
+                ys, xs = np.nonzero(piece)
+                boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+                crop = piece[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32)
+                probs.append(cv2.resize(crop, (56, 56), interpolation=cv2.INTER_AREA))
+                labels.append(a["category_id"])
         n = len(boxes)
         dets = Detections(boxes=torch.tensor(np.array(boxes, np.float32).reshape(-1, 4)),
-                          scores=torch.full((n,), 0.9), labels=torch.tensor([a["category_id"] for a in anns]),
+                          scores=torch.full((n,), 0.9), labels=torch.tensor(labels),
                           masks=RoiMasks(torch.tensor(np.array(probs, np.float32).reshape(-1, 56, 56))),
                           frame=tf.frame)
         return dets, 0
 
     monkeypatch.setattr(FrameDetector, "__call__", detect)
+
+
+class _SurerOfLarger:
+    """A vignette classifier naming every candidate a copepod, surer of larger ones: a whole
+    organism outranks its parts (what the trained one does, made certain)."""
+
+    def __init__(self, n_outputs):
+        self.n_outputs = n_outputs
+
+    def __call__(self, image, masks, polarity, px):
+        area = masks.areas().astype(np.float32)
+        probs = np.zeros((len(area), self.n_outputs), np.float32)
+        probs[:, 1] = 0.5 + 0.4 * area / (area + 500)
+        probs[:, 0] = 1 - probs[:, 1]
+        return probs
+
+
+@pytest.mark.parametrize("across", [False, True])
+def test_engine_stream_judges_fragments_with_their_organism_across_batches(tmp_path, tiny_checkpoint, monkeypatch,
+                                                                          across):
+    """A fragment below a cut closes with the next frame, its organism with the frame above:
+    the copies-and-parts rule, run again across batches, drops it, from the rows and from the
+    detected counts. Without that second run (``across`` False) it is written beside its organism."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from segplank.engine.stages import Postprocessor
+    from segplank.export.rle import decode_cropped
+    from segplank.synth import make_cruise
+
+    cruise = tmp_path / "c"
+    make_cruise(cruise, 5, seed=5, size=(128, 256))
+    _perfect_engine_detector(monkeypatch, cruise, fragments=True)
+    if not across:
+        monkeypatch.setattr(FrameAssembler, "_select", lambda self: None)
+    runner = _stream_run(cruise, tiny_checkpoint, tmp_path, {"filter": {"score_threshold": 0.0,
+                                                                         "keep_non_plankton": True}})
+    p = runner.post
+    runner.post = Postprocessor(p.classes, p.filter, p.measure_cfg, p.polarity, _SurerOfLarger(len(p.classes) + 1))
+    runner.run(cruise, tmp_path / "o")
+    t = pq.read_table(tmp_path / "o" / "objects").to_pandas()
+    y = t["frame_index"].to_numpy() * 128 + t["bbox_y"].to_numpy()
+    rows = Detections(np.stack([t["bbox_x"], y, t["bbox_x"] + t["bbox_w"], y + t["bbox_h"]], 1).astype(np.float32),
+                      t["score"].to_numpy(np.float32), t["label"].to_numpy(),
+                      CroppedMasks(np.stack([t["bbox_x"], y], 1).astype(np.int64),
+                                   tuple(decode_cropped(r, w, h).astype(bool)
+                                         for r, w, h in zip(t["mask_rle"], t["bbox_w"], t["bbox_h"]))))
+    parts = len(rows) - len(runner.post.distinct(rows))  # rows that are a copy or a part of another, in stream rows
+    counts = json.loads((tmp_path / "o" / "manifest.json").read_text())["counts"]
+    if not across:
+        assert parts > 0
+        return
+    assert parts == 0
+    # every object named and distinct is written (no threshold, no size bound, non-plankton kept)
+    assert counts["detected_per_class"] == counts["written_per_class"]
 
 
 def test_engine_stream_with_organisms_across_cuts(tmp_path, tiny_checkpoint, monkeypatch):

@@ -209,8 +209,8 @@ class Postprocessor:
         """
         if len(d) < 2:
             return np.arange(len(d))
-        boxes = torch.from_numpy(np.asarray(d.boxes, np.float32))
-        scores = np.asarray(d.scores, np.float32)
+        boxes = torch.from_numpy(np.array(d.boxes, np.float32))  # copies: rows read back from Parquet are read-only
+        scores = np.array(d.scores, np.float32)
         idx = np.sort(box_ops.nms(boxes, torch.from_numpy(scores), self.measure_cfg.duplicate_iou).numpy())
         idx = idx[np.argsort(-scores[idx], kind="stable")]  # most confident first
         overlap = (box_ops.box_iou(boxes[idx], boxes[idx]) > 0).numpy()  # only boxes that meet share pixels

@@ -29,6 +29,10 @@ Choices, and why:
   nothing to correct. Tiles are a grid without overlap (edge tiles smaller), so each pixel
   is annotated once; an object cut by a tile border is clipped to the tile and flagged
   ``attributes.truncated``. ``frame_offset`` in the image record maps tile px to frame px.
+- A line-stream run (``--stream``, the default for line-scan cameras) attributes an organism
+  across a frame cut to the frame of its first line; here each frame it reaches holds its
+  piece, clipped and flagged ``attributes.truncated`` under the same ``object_id``, so no
+  frame offers an organism's pixels as background to the next training.
 - 16-bit frames are divided by 257: the values the model sees (``to_model_input`` divides
   by 65535) are unchanged, so the next model trains on what it will infer on; dim frames
   need the annotation tool's brightness control.
@@ -37,7 +41,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import cv2
 import numpy as np
@@ -47,7 +51,7 @@ from pycocotools import mask as mask_utils
 from .export.atomic import write_json
 from .export.coco import coco_categories
 from .export.rle import decode_cropped
-from .runs import frames_root, read_manifest, read_objects
+from .runs import frames_root, read_frames, read_manifest, read_objects
 
 log = logging.getLogger("segplank")
 
@@ -83,8 +87,10 @@ def export_for_annotation(run_dir: Path, out: Path, *, unit: Unit = "frame", til
     records: list[tuple[dict, list[dict]]] = []
     if len(table):
         root = frames_root(manifest, run_dir, cruise_dir, list(pd.unique(table["frame_path"]))[:50])
-        for fp, rows in table.groupby("frame_path", sort=False):
-            records += _frame_records(root, str(fp), rows, out, unit, tile_size, flat=uncertain_first)
+        stream = bool(((manifest.get("config") or {}).get("stream") or {}).get("enabled"))
+        pieces = _stream_pieces(table, run_dir, root) if stream else _own_pieces(table)
+        for fp, items in pieces.items():
+            records += _frame_records(root, fp, items, out, unit, tile_size, flat=uncertain_first)
     if uncertain_first:
         records.sort(key=lambda r: -r[0]["uncertainty"])  # stable: ties stay in frame order
         _rank_names([image for image, _ in records], out)
@@ -105,6 +111,50 @@ def _objects(run_dir: Path, manifest: dict, include_non_plankton: bool) -> pd.Da
     return table.sort_values(["frame_index", "frame_path", "object_id"], kind="stable").reset_index(drop=True)
 
 
+class Piece(NamedTuple):
+    """What one frame holds of one object."""
+
+    row: dict
+    origin: tuple[int, int]  # frame px
+    mask: np.ndarray  # box mask
+    cut: bool = False  # a piece of a line-stream object across a frame cut
+
+
+def _own_pieces(table: pd.DataFrame) -> dict[str, list[Piece]]:
+    """Frame path -> its objects, each whole in its own frame (frame by frame runs)."""
+    out: dict[str, list[Piece]] = {}
+    for fp, rows in table.groupby("frame_path", sort=False):
+        origins = rows[["bbox_x", "bbox_y"]].to_numpy(np.int64)
+        out[str(fp)] = [Piece(r, (int(o[0]), int(o[1])), m)
+                        for r, o, m in zip(rows.to_dict("records"), origins, box_masks(rows))]
+    return out
+
+
+def _stream_pieces(table: pd.DataFrame, run_dir: Path, root: Path) -> dict[str, list[Piece]]:
+    """Frame path -> the pieces of every object that reaches it, in frame index order.
+
+    A stream's frames share one height, read from the object's own frame; a piece in a frame
+    the run did not write (the stream's end) is left out.
+    """
+    from .frames import FrameError, read_frame
+    from .stream import frame_pieces
+
+    written = read_frames(run_dir, ["frame_index", "frame_path"])
+    path_of = dict(zip(written["frame_index"].tolist(), written["frame_path"].tolist()))
+    out: dict[int, list[Piece]] = {}
+    for fp, items in _own_pieces(table).items():
+        try:
+            height = read_frame(root / fp).shape[0]
+        except FrameError:
+            height = None  # _frame_records says so when it cannot read it either
+        index = int(items[0].row["frame_index"])
+        for p in items:
+            cut = frame_pieces(p.mask, p.origin, height) if height else [(0, p.origin, p.mask)]
+            for step, o, m in cut:
+                out.setdefault(index + step, []).append(Piece(p.row, o, m, len(cut) > 1))
+    return {str(path_of[k]): out[k] for k in sorted(out) if k in path_of}
+
+
 def box_masks(rows: pd.DataFrame) -> list[np.ndarray]:
     """The rows' masks as bool bitmaps cropped to their boxes (``mask_rle`` is box-relative)."""
     return [decode_cropped(c, w, h) for c, w, h in zip(rows["mask_rle"], rows["bbox_w"], rows["bbox_h"])]
@@ -117,7 +167,7 @@ def model_scale_8bit(image: np.ndarray) -> np.ndarray:
     return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
-def _frame_records(root: Path, frame_path: str, rows: pd.DataFrame, out: Path, unit: Unit, tile_size: int,
+def _frame_records(root: Path, frame_path: str, items: list[Piece], out: Path, unit: Unit, tile_size: int,
                    flat: bool) -> list[tuple[dict, list[dict]]]:
     """(image record, its annotations) for each frame or tile holding objects; PNGs written
     (all in ``images/`` itself with ``flat``)."""
@@ -126,20 +176,18 @@ def _frame_records(root: Path, frame_path: str, rows: pd.DataFrame, out: Path, u
     try:
         grey = model_scale_8bit(read_frame(root / frame_path))
     except FrameError as e:
-        log.warning("%s: %s; its %d object(s) are left out of the annotation export", frame_path, e, len(rows))
+        log.warning("%s: %s; its %d object(s) are left out of the annotation export", frame_path, e, len(items))
         return []
     h, w = grey.shape
     windows = tile_windows(h, w, tile_size) if unit == "tile" else np.array([[0, 0, w, h]])
-    masks = box_masks(rows)
-    objects = rows.to_dict("records")
-    boxes = rows[["bbox_x", "bbox_y", "bbox_w", "bbox_h"]].to_numpy(np.int64)
+    boxes = np.array([[*p.origin, p.mask.shape[1], p.mask.shape[0]] for p in items], np.int64).reshape(-1, 4)
     stem = image_stem(frame_path).replace("/", "__") if flat else image_stem(frame_path)
     records = []
     for x0, y0, x1, y1 in windows.tolist():
         near = np.flatnonzero((boxes[:, 0] < x1) & (boxes[:, 0] + boxes[:, 2] > x0)
                               & (boxes[:, 1] < y1) & (boxes[:, 1] + boxes[:, 3] > y0))
         anns = [ann for k in near
-                if (ann := _annotation(objects[k], masks[k], tuple(boxes[k, :2]), (x0, y0, x1, y1))) is not None]
+                if (ann := _annotation(items[k], (x0, y0, x1, y1))) is not None]
         if not anns:
             continue
         name = f"images/{stem}.png" if unit == "frame" else f"images/{stem}_x{x0}_y{y0}.png"
@@ -208,13 +256,13 @@ def clip_to_window(bitmap: np.ndarray, origin: tuple[int, int],
     return part, (cx0 - x0, cy0 - y0), inside < int(bitmap.sum())
 
 
-def _annotation(row: dict, bitmap: np.ndarray, origin: tuple[int, int],
-                window: tuple[int, int, int, int]) -> dict | None:
+def _annotation(piece: Piece, window: tuple[int, int, int, int]) -> dict | None:
     """One object in one image as an editable polygon annotation (ids come later)."""
-    clipped = clip_to_window(bitmap, origin, window)
+    clipped = clip_to_window(piece.mask, piece.origin, window)
     if clipped is None:
         return None
     part, (px, py), truncated = clipped
+    row = piece.row
     polygons, filled = mask_polygons(part)
     ys, xs = np.nonzero(filled.any(1))[0], np.nonzero(filled.any(0))[0]
     score = round(float(row["score"]), 5)
@@ -225,7 +273,7 @@ def _annotation(row: dict, bitmap: np.ndarray, origin: tuple[int, int],
         "bbox": [int(px + xs[0]), int(py + ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)],
         "iscrowd": 0, "score": score,
         "attributes": {"object_id": str(row["object_id"]), "score": score, "model_label": str(row["label_name"]),
-                       "truncated": bool(truncated)},
+                       "truncated": bool(truncated or piece.cut)},
     }
 
 

@@ -100,7 +100,8 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
           decode_workers: Optional[int] = typer.Option(None, "--decode-workers", min=0,
                                                        help="Processes decoding frames ahead (local engine; 0: none)."),
           stream: Optional[bool] = typer.Option(None, "--stream/--no-stream", help="Line-scan frames as one stream: objects "
-                                                "across frame cuts come out once, whole (default: the config's stream.enabled)."),
+                                                "across frame cuts come out once, whole (default: the config's stream.enabled; "
+                                                "unset, on when the instrument scans lines: instrument.line_rate_hz)."),
           verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
     """Detect, segment, classify, measure and write every object of a cruise. Reruns resume."""
     from .config import ConfigError, load_config
@@ -302,6 +303,7 @@ def demo(out_dir: Path = typer.Argument(Path("demo_out"), help="Where to write t
     """The whole chain on a small synthetic cruise: infer, score, CTD join, profile, EcoTaxa export."""
     from .concentration import concentrations
     from .ctd import join_ctd, read_ctd
+    from .eval_stream import stream_run_coco, stream_truth_coco
     from .evaluate import object_match
     from .export.ecotaxa import export_ecotaxa
     from .plots import profile_figure, track_map
@@ -315,7 +317,13 @@ def demo(out_dir: Path = typer.Argument(Path("demo_out"), help="Where to write t
     infer(cruise, output=results, model=None, config=None, device="auto", keep_non_plankton=False,
           force=True, limit=None, threads=None, engine=None, address=None, decode_workers=None, stream=None,
           verbose=False)
-    scores = object_match(cruise / "ground_truth.coco.json", results / "predictions.coco.json")
+    stream_truth = cruise / "ground_truth_stream.json"
+    if read_manifest(results)["config"]["stream"]["enabled"] and stream_truth.exists():
+        # a line stream: each organism once, whole, as the run wrote it
+        truth = json.loads(stream_truth.read_text())
+        scores = object_match(stream_truth_coco(truth), stream_run_coco(results, truth))
+    else:
+        scores = object_match(cruise / "ground_truth.coco.json", results / "predictions.coco.json")
     out.print(f"against the ground truth (mask IoU ≥ 0.5): plankton recall {scores['plankton_recall']:.3f}, "
               f"plankton precision {scores['plankton_precision']:.3f} "
               f"({scores['gt_plankton']} organisms, {scores['pred_plankton']} written as plankton)")
@@ -387,7 +395,7 @@ def evaluate_cmd(gt: Path = typer.Argument(..., help="Ground-truth COCO file of 
             model_path = ckpt.with_thresholds(None).save(run_dir / "unthresholded.pt")
         infer(gt.parent, output=run_dir / "out", model=model_path, config=low, device="auto",
               keep_non_plankton=target_precision is not None, force=True, limit=None, threads=None, engine=None,
-              address=None, decode_workers=None, stream=True if stream else None, verbose=False)
+              address=None, decode_workers=None, stream=stream, verbose=False)  # as the truth counts
         pred = run_dir / "out" if stream else run_dir / "out" / "predictions.coco.json"
     gt_src, pred_src = gt, pred
     if stream:

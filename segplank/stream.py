@@ -121,6 +121,31 @@ def shift_rows(dets: Detections, dy: int) -> Detections:
     return dets.replace(boxes=boxes, masks=CroppedMasks(origins, m.bitmaps))
 
 
+def frame_pieces(bitmap: np.ndarray, origin: tuple[int, int], height: int
+                 ) -> list[tuple[int, tuple[int, int], np.ndarray]]:
+    """A mask in its frame's coordinates cut at the frame's edges: (frame offset, origin, piece).
+
+    A line stream's object lies in the frame of its first line and may reach the next frames
+    (or, after refinement, a few rows of the previous one); per-frame outputs (COCO images,
+    annotation frames) hold each frame's piece of it, in that frame's coordinates. Frames of
+    one stream have the same height. Pieces with no pixel are left out; a mask inside its
+    frame is one piece at offset 0.
+    """
+    x0, y0 = int(origin[0]), int(origin[1])
+    h = bitmap.shape[0]
+    if 0 <= y0 and y0 + h <= height:
+        return [(0, (x0, y0), bitmap)]
+    pieces = []
+    for k in range(y0 // height, (y0 + h - 1) // height + 1):
+        top, bottom = max(y0, k * height), min(y0 + h, (k + 1) * height)
+        piece = bitmap[top - y0:bottom - y0]
+        rows, cols = np.flatnonzero(piece.any(1)), np.flatnonzero(piece.any(0))
+        if len(rows):  # tight: a piece's box is its own
+            pieces.append((k, (x0 + int(cols[0]), top + int(rows[0]) - k * height),
+                           piece[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]))
+    return pieces
+
+
 def _bottoms(m: CroppedMasks) -> np.ndarray:
     return np.array([oy + b.shape[0] for (_, oy), b in zip(m.origins, m.bitmaps)], np.int64)
 

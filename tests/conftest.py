@@ -49,7 +49,8 @@ def coco(path):
 
 @pytest.fixture(scope="session")
 def kept_run(tmp_path_factory, small_cruise, tiny_checkpoint):
-    """A real run of the tiny model: every object written (score threshold 0), non-plankton kept."""
+    """A real run of the tiny model: every object written (score threshold 0), non-plankton kept,
+    frame by frame (each object inside its frame; stream runs are tested in test_stream.py)."""
     from typer.testing import CliRunner
 
     from segplank.cli import app
@@ -58,6 +59,6 @@ def kept_run(tmp_path_factory, small_cruise, tiny_checkpoint):
     cfg = d / "cfg.yaml"
     cfg.write_text("tiling:\n  tile_size: 256\n  overlap: 32\nfilter:\n  score_threshold: 0.0\n")
     r = CliRunner().invoke(app, ["infer", str(small_cruise), "-o", str(d / "run"), "--model", str(tiny_checkpoint),
-                                 "--config", str(cfg), "--keep-non-plankton"])
+                                 "--config", str(cfg), "--keep-non-plankton", "--no-stream"])
     assert r.exit_code == 0, r.output
     return d / "run"

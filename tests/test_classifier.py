@@ -188,6 +188,26 @@ def test_a_part_inside_a_more_confident_object_is_dropped_touching_ones_stay(tin
     assert post.distinct(d3).tolist() == [1]
 
 
+@pytest.mark.parametrize("inner_label, inner_score, overlying_score, kept", [
+    (1, 0.85, 0.8, True),  # a confident copepod lying over a chaetognath: an organism
+    (1, 0.85, None, False),  # the rule off: a part like any other
+    (1, 0.6, 0.8, False),  # not sure enough it is something else: a part
+    (2, 0.85, 0.8, False),  # named as its container: a part of it
+    (6, 0.85, 0.8, False),  # marine snow on an organism: not plankton, still a part
+])
+def test_an_organism_lying_over_another_is_not_a_part_of_it(tiny_checkpoint, inner_label, inner_score,
+                                                             overlying_score, kept):
+    classes = load_checkpoint(tiny_checkpoint).classes  # 1..5 plankton, 6..8 not
+    whole = np.ones((20, 40), bool)  # the refined mask of the lower organism holds the upper one too
+    inner = np.ones((12, 12), bool)
+    masks = CroppedMasks(np.array([[10, 10], [20, 14]]), (whole, inner))
+    d = Detections(np.array([[10, 10, 50, 30], [20, 14, 32, 26]], np.float32),
+                   np.array([0.95, inner_score], np.float32), np.array([2, inner_label]), masks)
+    post = Postprocessor(classes, FilterConfig(), MeasureConfig(overlying_score=overlying_score),
+                         "dark_on_bright", candidates=True)
+    assert post.distinct(d).tolist() == ([0, 1] if kept else [0])
+
+
 def test_train_classifier_then_infer_with_it(tmp_path, small_cruise, tiny_checkpoint):
     """The CLI loop: candidates mined with the tiny detector, a classifier trained, used by infer."""
     from typer.testing import CliRunner
@@ -218,8 +238,8 @@ def test_train_classifier_then_infer_with_it(tmp_path, small_cruise, tiny_checkp
     detected = sum(m["counts"]["detected_per_class"].values())
     assert len(rows) == m["counts"]["objects_written"] <= detected  # every row is a named, counted object
     assert set(rows["label_name"]) <= set(ck.classes.names)
-    for mode in ([], ["--stream"]):  # the classifier's names are what is counted, frame by frame and across cuts
-        out = tmp_path / f"run{len(mode)}"
+    for mode in (["--no-stream"], ["--stream"]):  # the classifier's names are what is counted, frame by frame and across cuts
+        out = tmp_path / f"run{mode[0]}"
         r = CliRunner().invoke(app, ["infer", str(small_cruise), "-o", str(out), "--model", str(tmp_path / "c.pt"),
                                      "-c", str(cfg), *mode])
         assert r.exit_code == 0, r.output

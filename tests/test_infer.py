@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from segplank.cli import app
 from segplank.export.parquet import SCHEMA
+from segplank.model.checkpoint import load_checkpoint
 
 runner = CliRunner()
 
@@ -47,7 +48,11 @@ def test_outputs_schema_coco_and_manifest(tmp_path, small_cruise, tiny_checkpoin
     assert rate == 2.0 * 384 and np.allclose(dt, objs["centroid_y"] / rate, atol=1e-6)
     assert man["geo"]["outside_nav"] == 0 and man["geo"]["frames"] == 3 and frames["lat"].notna().all()
     coco = COCO(str(out / "predictions.coco.json"))
-    assert len(coco.getAnnIds()) == table.num_rows
+    # a line stream (the default for a line-scan camera): an object across a frame cut has a piece in each frame
+    assert man["config"]["stream"]["enabled"]
+    pieces = coco.loadAnns(coco.getAnnIds())
+    assert {a["object_id"] for a in pieces} == set(table.column("object_id").to_pylist())
+    assert len(pieces) >= table.num_rows
     ann = coco.loadAnns(coco.getAnnIds()[:1])[0]
     m = coco.annToMask(ann)
     assert m.sum() == ann["area"]
@@ -185,6 +190,30 @@ def test_stream_option(tmp_path, small_cruise, tiny_checkpoint):
     assert sorted(frames) == sorted(set(frames)) and len(frames) == 3
     r = _infer(small_cruise, tmp_path / "r", tiny_checkpoint, cfg, "--stream", "--engine", "ray")
     assert r.exit_code != 0 and "does not stitch line streams" in " ".join(r.output.split())
+
+
+def test_a_line_scan_camera_runs_as_a_stream_unless_told_otherwise(tmp_path, small_cruise, tiny_checkpoint, caplog):
+    """stream.enabled unset: on when the cruise's instrument scans lines (line_rate_hz), off for a
+    snapshot camera and on Ray (which says so); the manifest records what the run did."""
+    from segplank.config import load_config
+    from segplank.engine import make_runner
+
+    assert "line_rate_hz" in (small_cruise / "cruise.yaml").read_text()  # the synthetic ISIIS preset
+    cfg = _cfg(tmp_path)
+    on_ray = load_config(cfg, small_cruise, {"engine": {"kind": "ray"}})
+    with caplog.at_level("WARNING", logger="segplank"):  # before any CLI call resets the logging
+        runner = make_runner(on_ray, load_checkpoint(tiny_checkpoint), tiny_checkpoint)
+    assert runner.cfg.stream.enabled is False and "one by one" in caplog.text
+    for flag, expected in (((), True), (("--no-stream",), False)):
+        out = tmp_path / f"o{len(flag)}"
+        r = _infer(small_cruise, out, tiny_checkpoint, cfg, "--threads", "1", *flag)
+        assert r.exit_code == 0, r.output
+        assert json.loads((out / "manifest.json").read_text())["config"]["stream"]["enabled"] is expected
+    snapshots = tmp_path / "snap"  # the same frames from a camera without a line rate
+    shutil.copytree(small_cruise / "frames", snapshots / "frames")
+    (snapshots / "cruise.yaml").write_text("".join(
+        line for line in (small_cruise / "cruise.yaml").read_text().splitlines(True) if "line_rate_hz" not in line))
+    assert not load_config(cfg, snapshots).line_stream and load_config(cfg, small_cruise).line_stream
 
 
 def test_frames_outside_the_records_are_counted_once(tmp_path, small_cruise, tiny_checkpoint, caplog):

@@ -176,8 +176,10 @@ class RowMaker:
     The last stage before writing; both engines run it, so their shards hold the same rows.
     """
 
-    def __init__(self, cruise_dir: Path, locator: Locator, classes: ClassMap, line_rate_hz: float | None) -> None:
+    def __init__(self, cruise_dir: Path, locator: Locator, classes: ClassMap, line_rate_hz: float | None,
+                 line_stream: bool = False) -> None:
         self.cruise_dir = Path(cruise_dir)
+        self.line_stream = line_stream  # objects may reach past their frame: COCO gets a piece per frame
         self.locator = locator
         self.names = list(classes.names)
         self.line_rate_hz = line_rate_hz
@@ -192,7 +194,7 @@ class RowMaker:
         pos = self.locator(times)
         table = object_rows(kept, self.names, self._plankton[kept.labels], rel,
                             pd.to_datetime(times, unit="s", utc=True).round("us"), pos.lat, pos.lon, pos.depth_m, cols)
-        out = FrameOutput(table, coco_image(kept, rel), coco_annotations(kept, table.column("object_id").to_pylist()),
+        out = FrameOutput(table, coco_image(kept, rel), coco_annotations(kept, table.column("object_id").to_pylist(), self.line_stream),
                           _frame_row(rel, tf, counts, self.names, shard, at_frame))
         per_label = np.bincount(kept.labels, minlength=len(self.names) + 1)[1:]
         summary = FrameSummary(rel, counts.tiles, counts.tiles_run, capped, _named(counts.per_class[1:], self.names),
@@ -358,8 +360,9 @@ class LocalRunner(RunnerBase):
                  threads: int | None = None, decode_workers: int = 0, write_queue: int = 1,
                  stream: bool = False, stream_band: int = 2, stream_match_iou: float = 0.3,
                  max_gap_s: float | None = None, max_open_frames: int = 4) -> None:
-        super().__init__(cfg, ckpt, model_path, device)
-        # line stream (ISIIS): objects across frame cuts are stitched (segplank/stream.py)
+        # line stream (ISIIS): objects across frame cuts are stitched (segplank/stream.py); the
+        # config says so, for the run's identity and for what reads its manifest
+        super().__init__(cfg.with_stream(stream), ckpt, model_path, device)
         self.stream = stream
         self.stream_opts = {"band": stream_band, "match_iou": stream_match_iou, "max_open_frames": max_open_frames}
         self.max_gap_s = max_gap_s
@@ -429,7 +432,8 @@ class LocalRunner(RunnerBase):
         from ..stream import ColumnFlatField, FrameAssembler, StreamStitcher, ordered, plan_stream_work, stream_ids
 
         stats, clock = plan.stats, plan.stats.stage_seconds
-        rows = RowMaker(plan.cruise_dir, plan.locator, self.ckpt.classes, self.cfg.instrument.line_rate_hz)
+        rows = RowMaker(plan.cruise_dir, plan.locator, self.ckpt.classes, self.cfg.instrument.line_rate_hz,
+                        line_stream=True)
         gap = self.max_gap_s if self.max_gap_s is not None else 1.5 / self.cfg.instrument.frame_rate_hz
         sids = stream_ids(plan.frames, gap, self.cfg.instrument.timestamp_regex)
         pos = {f.path: i for i, f in enumerate(plan.frames)}

@@ -73,7 +73,8 @@ class RayRunner(RunnerBase):
                  frames_per_block: int = 8) -> None:
         if importlib.util.find_spec("ray") is None:  # fail before any work, not at run time
             import_ray()
-        super().__init__(cfg, ckpt, model_path, torch.device("cpu"))  # the device is known once connected
+        # the device is known once connected; frames are taken one by one, never as a line stream
+        super().__init__(cfg.with_stream(False), ckpt, model_path, torch.device("cpu"))
         self.address = address
         self.actors = actors
         self.actor_cpus = actor_cpus

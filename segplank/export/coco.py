@@ -6,6 +6,7 @@ from pathlib import Path
 
 
 from ..structures import Detections
+from ..stream import frame_pieces
 from .atomic import write_json
 from .rle import encode_in_frame
 
@@ -25,19 +26,25 @@ def coco_image(dets: Detections, file_name: str) -> dict:
     return img
 
 
-def coco_annotations(dets: Detections, object_ids: list[str]) -> list[dict]:
-    """Annotations with frame-relative RLE; ``id`` is assigned when shards are merged."""
+def coco_annotations(dets: Detections, object_ids: list[str], line_stream: bool = False) -> list[dict]:
+    """Annotations with frame-relative RLE; ``id`` is assigned when shards are merged.
+
+    In a ``line_stream``, an object that reaches the next frame (or the previous one) has one
+    annotation per frame it lies in, each that frame's piece, under one ``object_id``: COCO
+    images are frames, and a tool that opens one sees all that is in it.
+    """
     f = dets.frame
     out = []
     for k in range(len(dets)):
-        bm = dets.masks.bitmaps[k]
-        ox, oy = dets.masks.origins[k]
-        out.append({
-            "image_id": f.index + 1, "category_id": int(dets.labels[k]),
-            "segmentation": encode_in_frame(bm, (ox, oy), f.height, f.width),
-            "area": int(bm.sum()), "bbox": [int(ox), int(oy), int(bm.shape[1]), int(bm.shape[0])],
-            "score": round(float(dets.scores[k]), SCORE_DECIMALS), "iscrowd": 0, "object_id": object_ids[k],
-        })
+        bm, origin = dets.masks.bitmaps[k], dets.masks.origins[k]
+        pieces = frame_pieces(bm, origin, f.height) if line_stream else [(0, origin, bm)]
+        for step, (ox, oy), bm in pieces:
+            out.append({
+                "image_id": f.index + 1 + step, "category_id": int(dets.labels[k]),
+                "segmentation": encode_in_frame(bm, (ox, oy), f.height, f.width),
+                "area": int(bm.sum()), "bbox": [int(ox), int(oy), int(bm.shape[1]), int(bm.shape[0])],
+                "score": round(float(dets.scores[k]), SCORE_DECIMALS), "iscrowd": 0, "object_id": object_ids[k],
+            })
     return out
 
 
@@ -54,6 +61,8 @@ def merge_coco_shards(shards: list[Path], categories: list[dict], out: Path, inf
         for im in part["images"]:
             images[im["id"]] = im
         annotations.extend(part["annotations"])
+    # a stream object's piece in a frame not written yet (a --limit run) waits for that frame's shard
+    annotations = [a for a in annotations if a["image_id"] in images]
     annotations.sort(key=lambda a: (a["image_id"], a["object_id"]))
     for k, a in enumerate(annotations):
         a["id"] = k + 1

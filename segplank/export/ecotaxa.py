@@ -133,7 +133,9 @@ def export_ecotaxa(run_dir: Path, out: Path | None = None, *, sample_by: SampleB
     if len(table):
         table["_sample"] = _assign_samples(table, run_dir, sample_by, window_minutes, cast_min_range_m, project)
         root = frames_root(manifest, run_dir, cruise_dir, list(pd.unique(table["frame_path"]))[:50])
-        written = _write_samples(table, root, out, settings, compute)
+        stream = bool(((manifest.get("config") or {}).get("stream") or {}).get("enabled"))
+        neighbours = _Neighbours(run_dir, root) if stream else None
+        written = _write_samples(table, root, out, settings, compute, neighbours)
     _replace_record(out, written, {"run_dir": str(run_dir), "sample_by": sample_by, "objects": int(len(table))})
     return written
 
@@ -412,10 +414,61 @@ class _SampleZip:
         self._stack.__exit__(type(err), err, None)
 
 
+class _Neighbours:
+    """The frames of a line-stream run by index, for the objects that reach past their own
+    frame: the last few read are kept, as the next frame is usually read next anyway."""
+
+    def __init__(self, run_dir: Path, root: Path, keep: int = 3) -> None:
+        from segplank.runs import read_frames
+
+        frames = read_frames(run_dir, ["frame_index", "frame_path"])
+        self.path_of = dict(zip(frames["frame_index"].tolist(), frames["frame_path"].tolist()))
+        self.root, self.keep = root, keep
+        self.cache: dict[int, np.ndarray | None] = {}
+
+    def __call__(self, index: int) -> np.ndarray | None:
+        from segplank.frames import FrameError, read_frame
+
+        if index not in self.cache:
+            path = self.path_of.get(index)
+            try:
+                self.cache[index] = read_frame(self.root / path) if path is not None else None
+            except FrameError:
+                self.cache[index] = None
+            while len(self.cache) > self.keep:
+                del self.cache[next(iter(self.cache))]
+        return self.cache[index]
+
+    def stack(self, rows: pd.DataFrame, image: np.ndarray) -> tuple[np.ndarray, int]:
+        """``image`` with the frames above and below that its objects reach, and the rows it
+        gained on top: a vignette of an organism across a cut shows all of it (what was not
+        recorded, at a stream's end, stays the background fill)."""
+        h = image.shape[0]
+        top, bottom = int(rows["bbox_y"].min()), int((rows["bbox_y"] + rows["bbox_h"]).max())
+        index = int(rows["frame_index"].iloc[0])
+        self.cache[index] = image
+        above = self._run(index, -1, -(top // h) if top < 0 else 0, image.shape)[::-1]
+        below = self._run(index, 1, -(-(bottom - h) // h) if bottom > h else 0, image.shape)
+        return (np.concatenate([*above, image, *below]) if above or below else image), h * len(above)
+
+    def _run(self, index: int, step: int, n: int, shape: tuple[int, ...]) -> list[np.ndarray]:
+        """Up to ``n`` frames from ``index`` on in direction ``step``, nearest first, up to the first missing one."""
+        out = []
+        for k in range(1, n + 1):
+            frame = self(index + step * k)
+            if frame is None or frame.shape != shape:
+                break
+            out.append(frame)
+        return out
+
+
 def _write_samples(table: pd.DataFrame, root: Path, out: Path, s: _Settings,
-                   compute: Callable[..., pd.DataFrame] | None) -> list[Path]:
+                   compute: Callable[..., pd.DataFrame] | None, neighbours: _Neighbours | None = None) -> list[Path]:
     """Read each frame once (in time order), add its vignettes to its samples' zips, and
-    finish each zip after its last frame, so only the samples in progress are open."""
+    finish each zip after its last frame, so only the samples in progress are open.
+
+    With ``neighbours`` (a line-stream run), a frame whose objects reach past it is cut
+    together with the frames they reach."""
     from segplank.frames import FrameError, read_frame
 
     groups = table.groupby("frame_path", sort=False).indices
@@ -433,12 +486,15 @@ def _write_samples(table: pd.DataFrame, root: Path, out: Path, s: _Settings,
             rows = table.iloc[groups[fp]]
             try:
                 image = read_frame(root / fp)
+                shift = 0
+                if neighbours is not None:
+                    image, shift = neighbours.stack(rows, image)
             except FrameError as e:
                 skipped.append(fp)
                 log.warning("%s: %s; its %d object(s) are left out of the EcoTaxa export", fp, e, len(rows))
                 image = None
             if image is not None:
-                _add_frame(rows, image, s, compute, open_zips, out)
+                _add_frame(rows, image, s, compute, open_zips, out, shift)
             for sample in ending.get(k, []):
                 z = open_zips.get(sample)
                 if z is not None:  # stays listed until finished, so a failure still aborts it
@@ -454,11 +510,14 @@ def _write_samples(table: pd.DataFrame, root: Path, out: Path, s: _Settings,
 
 
 def _add_frame(rows: pd.DataFrame, image: np.ndarray, s: _Settings, compute: Callable[..., pd.DataFrame] | None,
-               open_zips: dict[str, _SampleZip], out: Path) -> None:
-    """One frame's vignettes (and features) into the zips of the samples its objects are in."""
-    pngs = _vignettes(rows, image, s)
+               open_zips: dict[str, _SampleZip], out: Path, shift: int = 0) -> None:
+    """One frame's vignettes (and features) into the zips of the samples its objects are in.
+
+    ``image`` may hold ``shift`` rows above the frame (a line stream's previous frames)."""
+    cut = rows.assign(bbox_y=rows["bbox_y"] + shift) if shift else rows
+    pngs = _vignettes(cut, image, s)
     if compute is not None:
-        rows = pd.concat([rows, _feature_columns(rows, image, s, compute)], axis=1)
+        rows = pd.concat([rows, _feature_columns(cut, image, s, compute)], axis=1)
     for sample, idx in rows.groupby("_sample", sort=False).indices.items():
         z = open_zips.get(sample)
         if z is None:

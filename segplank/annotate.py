@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path, PurePosixPath
-from typing import Literal, NamedTuple
+from typing import Iterator, Literal, NamedTuple
 
 import cv2
 import numpy as np
@@ -51,7 +51,7 @@ from pycocotools import mask as mask_utils
 from .export.atomic import write_json
 from .export.coco import coco_categories
 from .export.rle import decode_cropped
-from .runs import frames_root, read_frames, read_manifest, read_objects
+from .runs import frame_paths, frames_root, is_line_stream, read_manifest, read_objects
 
 log = logging.getLogger("segplank")
 
@@ -87,10 +87,13 @@ def export_for_annotation(run_dir: Path, out: Path, *, unit: Unit = "frame", til
     records: list[tuple[dict, list[dict]]] = []
     if len(table):
         root = frames_root(manifest, run_dir, cruise_dir, list(pd.unique(table["frame_path"]))[:50])
-        stream = bool(((manifest.get("config") or {}).get("stream") or {}).get("enabled"))
-        pieces = _stream_pieces(table, run_dir, root) if stream else _own_pieces(table)
-        for fp, items in pieces.items():
-            records += _frame_records(root, fp, items, out, unit, tile_size, flat=uncertain_first)
+        if is_line_stream(manifest):
+            reach = int(((manifest.get("config") or {}).get("stream") or {}).get("max_open_frames", 4)) + 1
+            frames = _stream_frames(table, run_dir, root, reach)
+        else:
+            frames = _own_frames(table, root)
+        for fp, grey, items in frames:
+            records += _frame_records(grey, fp, items, out, unit, tile_size, flat=uncertain_first)
     if uncertain_first:
         records.sort(key=lambda r: -r[0]["uncertainty"])  # stable: ties stay in frame order
         _rank_names([image for image, _ in records], out)
@@ -121,7 +124,7 @@ class Piece(NamedTuple):
 
 
 def _own_pieces(table: pd.DataFrame) -> dict[str, list[Piece]]:
-    """Frame path -> its objects, each whole in its own frame (frame by frame runs)."""
+    """Frame path -> its objects, each whole in its own frame."""
     out: dict[str, list[Piece]] = {}
     for fp, rows in table.groupby("frame_path", sort=False):
         origins = rows[["bbox_x", "bbox_y"]].to_numpy(np.int64)
@@ -130,29 +133,68 @@ def _own_pieces(table: pd.DataFrame) -> dict[str, list[Piece]]:
     return out
 
 
-def _stream_pieces(table: pd.DataFrame, run_dir: Path, root: Path) -> dict[str, list[Piece]]:
-    """Frame path -> the pieces of every object that reaches it, in frame index order.
+Frame = tuple[str, np.ndarray, list[Piece]]  # (frame path, 8-bit grey frame, what it holds)
 
-    A stream's frames share one height, read from the object's own frame; a piece in a frame
-    the run did not write (the stream's end) is left out.
+
+def _own_frames(table: pd.DataFrame, root: Path) -> Iterator[Frame]:
+    """Each frame holding objects, read once, with its objects (a frame-by-frame run)."""
+    for fp, items in _own_pieces(table).items():
+        grey = _read_grey(root, fp, len(items))
+        if grey is not None:
+            yield fp, grey, items
+
+
+def _stream_frames(table: pd.DataFrame, run_dir: Path, root: Path, reach: int) -> Iterator[Frame]:
+    """Each frame that objects reach, read once, with the pieces of every object in it (a line stream).
+
+    An object lies in the frames of its first line and may reach the next ones (or, grown by
+    refinement, the frame above): frames are cut in index order and a frame is given out once
+    no later object can reach it (one spans at most ``reach`` frames), so at most that many
+    stay in memory. A stream's frames share one height.
     """
-    from .frames import FrameError, read_frame
     from .stream import frame_pieces
 
-    written = read_frames(run_dir, ["frame_index", "frame_path"])
-    path_of = dict(zip(written["frame_index"].tolist(), written["frame_path"].tolist()))
-    out: dict[int, list[Piece]] = {}
-    for fp, items in _own_pieces(table).items():
-        try:
-            height = read_frame(root / fp).shape[0]
-        except FrameError:
-            height = None  # _frame_records says so when it cannot read it either
-        index = int(items[0].row["frame_index"])
-        for p in items:
-            cut = frame_pieces(p.mask, p.origin, height) if height else [(0, p.origin, p.mask)]
-            for step, o, m in cut:
-                out.setdefault(index + step, []).append(Piece(p.row, o, m, len(cut) > 1))
-    return {str(path_of[k]): out[k] for k in sorted(out) if k in path_of}
+    paths = frame_paths(run_dir)
+    pieces: dict[int, list[Piece]] = {}
+    greys: dict[int, np.ndarray] = {}
+    given = -1  # frames up to this index are out
+
+    def ready(upto: int) -> Iterator[Frame]:
+        nonlocal given
+        for k in sorted(i for i in pieces if i <= upto):
+            items = pieces.pop(k)
+            grey = greys.pop(k, None)
+            if grey is None:  # a frame reached only by its neighbours' objects
+                grey = _read_grey(root, paths[k], len(items))
+            if grey is not None:
+                yield paths[k], grey, items
+        given = max(given, upto)
+        for k in [i for i in greys if i <= upto]:
+            del greys[k]
+
+    for fp, items in _own_pieces(table).items():  # the table is in frame index order
+        k = int(items[0].row["frame_index"])
+        grey = _read_grey(root, fp, len(items))
+        if grey is not None:
+            greys[k] = grey
+            for p in items:
+                cut = frame_pieces(p.mask, p.origin, grey.shape[0])
+                for step, origin, mask in cut:
+                    if given < k + step and k + step in paths:
+                        pieces.setdefault(k + step, []).append(Piece(p.row, origin, mask, len(cut) > 1))
+        yield from ready(k - reach)
+    yield from ready(max(pieces, default=given))
+
+
+def _read_grey(root: Path, frame_path: str, n_objects: int) -> np.ndarray | None:
+    """The frame at the model's 8-bit scale; None, with a warning, if it cannot be read."""
+    from .frames import FrameError, read_frame
+
+    try:
+        return model_scale_8bit(read_frame(root / frame_path))
+    except FrameError as e:
+        log.warning("%s: %s; its %d object(s) are left out of the annotation export", frame_path, e, n_objects)
+        return None
 
 
 def box_masks(rows: pd.DataFrame) -> list[np.ndarray]:
@@ -167,17 +209,10 @@ def model_scale_8bit(image: np.ndarray) -> np.ndarray:
     return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
-def _frame_records(root: Path, frame_path: str, items: list[Piece], out: Path, unit: Unit, tile_size: int,
+def _frame_records(grey: np.ndarray, frame_path: str, items: list[Piece], out: Path, unit: Unit, tile_size: int,
                    flat: bool) -> list[tuple[dict, list[dict]]]:
     """(image record, its annotations) for each frame or tile holding objects; PNGs written
     (all in ``images/`` itself with ``flat``)."""
-    from .frames import FrameError, read_frame
-
-    try:
-        grey = model_scale_8bit(read_frame(root / frame_path))
-    except FrameError as e:
-        log.warning("%s: %s; its %d object(s) are left out of the annotation export", frame_path, e, len(items))
-        return []
     h, w = grey.shape
     windows = tile_windows(h, w, tile_size) if unit == "tile" else np.array([[0, 0, w, h]])
     boxes = np.array([[*p.origin, p.mask.shape[1], p.mask.shape[0]] for p in items], np.int64).reshape(-1, 4)

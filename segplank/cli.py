@@ -307,7 +307,7 @@ def demo(out_dir: Path = typer.Argument(Path("demo_out"), help="Where to write t
     from .evaluate import object_match
     from .export.ecotaxa import export_ecotaxa
     from .plots import profile_figure, track_map
-    from .runs import read_frames, read_manifest, read_objects, rewrite_shards
+    from .runs import is_line_stream, read_frames, read_manifest, read_objects, rewrite_shards
     from .synth import make_cruise
 
     cruise, results = out_dir / "cruise", out_dir / "results"
@@ -318,7 +318,7 @@ def demo(out_dir: Path = typer.Argument(Path("demo_out"), help="Where to write t
           force=True, limit=None, threads=None, engine=None, address=None, decode_workers=None, stream=None,
           verbose=False)
     stream_truth = cruise / "ground_truth_stream.json"
-    if read_manifest(results)["config"]["stream"]["enabled"] and stream_truth.exists():
+    if is_line_stream(read_manifest(results)) and stream_truth.exists():
         # a line stream: each organism once, whole, as the run wrote it
         truth = json.loads(stream_truth.read_text())
         scores = object_match(stream_truth_coco(truth), stream_run_coco(results, truth))

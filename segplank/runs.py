@@ -41,6 +41,17 @@ def read_frames(run_dir: Path, columns: list[str] | None = None) -> pd.DataFrame
     return _read(Path(run_dir) / "frames", columns)
 
 
+def is_line_stream(manifest: dict) -> bool:
+    """Whether the run stitched its frames as a line stream: its objects may reach past their frame."""
+    return bool(((manifest.get("config") or {}).get("stream") or {}).get("enabled"))
+
+
+def frame_paths(run_dir: Path) -> dict[int, str]:
+    """Frame index -> frame path, for every processed frame (a line stream's neighbours)."""
+    t = read_frames(run_dir, ["frame_index", "frame_path"])
+    return dict(zip(t["frame_index"].tolist(), t["frame_path"].tolist()))
+
+
 def frames_root(manifest: dict, run_dir: Path, cruise_dir: Path | None, frames: list[str]) -> Path:
     """The folder the run's frame paths are relative to: the first candidate holding one of
     ``frames`` (the manifest's cruise_dir may be relative to where `infer` ran)."""

@@ -126,7 +126,7 @@ def frame_pieces(bitmap: np.ndarray, origin: tuple[int, int], height: int
     """A mask in its frame's coordinates cut at the frame's edges: (frame offset, origin, piece).
 
     A line stream's object lies in the frame of its first line and may reach the next frames
-    (or, after refinement, a few rows of the previous one); per-frame outputs (COCO images,
+    (or, grown by refinement, rows of the previous one); per-frame outputs (COCO images,
     annotation frames) hold each frame's piece of it, in that frame's coordinates. Frames of
     one stream have the same height. Pieces with no pixel are left out; a mask inside its
     frame is one piece at offset 0.
@@ -299,9 +299,11 @@ class StreamStitcher:
         """Push numbers of the frames that own an open object."""
         return np.unique(self._owner)
 
-    def open_boxes(self) -> np.ndarray:
-        """(N, 4) boxes of the open objects, in stream rows."""
-        return np.zeros((0, 4), np.float32) if self._open is None else np.asarray(self._open.boxes, np.float32)
+    @property
+    def first_kept_row(self) -> int | None:
+        """Stream row of the first image row held: objects closed from now on are refined on
+        these rows only, so nothing above it can still change (None: no rows yet)."""
+        return None if self._rows is None else self._rows0
 
     @property
     def kept_rows(self) -> int:
@@ -453,8 +455,9 @@ class FrameAssembler:
     continues across the cut with its owner frame's bottom, its fragments below the cut with
     the next frame. Without it a --stream run with a vignette classifier wrote an organism
     and its fragments (held-out cruise: 173 plankton rows for 139 organisms). So that no
-    object is judged after the frames it lies on are written, a frame also waits while an
-    open object reaches one of its objects.
+    object is judged after the frames it lies on are written, a frame also waits while one
+    of its objects lies in the rows the stitcher still holds, which later objects are refined
+    on (refinement grows a tail up through them, hundreds of rows on the held-out cruises).
     """
 
     def __init__(self, stitcher: StreamStitcher, select: Selector | None = None) -> None:
@@ -509,18 +512,14 @@ class FrameAssembler:
             self._select()
 
     def _first_reached(self) -> int:
-        """Push number of the first pending frame holding an object that an open one reaches
-        (boxes padded by the stitcher's margin, as refinement grows them): it stays pending, to
-        be judged with that object when it closes."""
-        pad = self.stitcher.margin
-        open_boxes = self.stitcher.open_boxes() + np.array([-pad, -pad, pad, pad], np.float32)
-        if len(open_boxes):
+        """Push number of the first pending frame with an object in rows a later object may
+        still be refined on (the stitcher's held rows: refinement can grow an object through
+        any of them, hundreds of rows up): it stays pending, to be judged with what closes there."""
+        first = self.stitcher.first_kept_row
+        if first is not None:
             for k, p in enumerate(self._pending):
-                for d, _ in p.parts:
-                    b = np.asarray(d.boxes, np.float32).reshape(-1, 1, 4) + np.array([0, p.row0, 0, p.row0], np.float32)
-                    if ((b[..., 0] < open_boxes[:, 2]) & (open_boxes[:, 0] < b[..., 2]) &
-                            (b[..., 1] < open_boxes[:, 3]) & (open_boxes[:, 1] < b[..., 3])).any():
-                        return self._base + k
+                if any(len(d) and float(np.max(np.asarray(d.boxes)[:, 3])) + p.row0 > first for d, _ in p.parts):
+                    return self._base + k
         return self.stitcher.pushed
 
     def _select(self) -> None:

@@ -348,11 +348,15 @@ def _objects(out):
 
 
 @pytest.mark.parametrize("classifier", [False, True])
-def test_engine_stream_run_and_resume_equal_an_uninterrupted_run(tmp_path, small_cruise, tiny_checkpoint, classifier):
+def test_engine_stream_run_and_resume_equal_an_uninterrupted_run(tmp_path, tiny_checkpoint, classifier):
     """With a vignette classifier too: its selection across batches (``FrameAssembler``'s
     ``select``) sees, after a resume, what it saw in the uninterrupted run."""
     import pyarrow.parquet as pq
 
+    from segplank.synth import make_cruise
+
+    cruise = tmp_path / "c"
+    make_cruise(cruise, 6, seed=5, size=(256, 256))
     ckpt = tiny_checkpoint
     if classifier:
         from segplank.model.checkpoint import load_checkpoint
@@ -362,23 +366,25 @@ def test_engine_stream_run_and_resume_equal_an_uninterrupted_run(tmp_path, small
         ck = load_checkpoint(tiny_checkpoint)
         net = VignetteNet(len(ck.classes) + 1, 4)
         ckpt = ck.with_classifier(ClassifierConfig(24, 4), net.state_dict(), {"note": "random"}).save(tmp_path / "c.pt")
-    runner = _stream_run(small_cruise, ckpt, tmp_path, {"filter": {"score_threshold": 0.0, "keep_non_plankton": True}})
+    runner = _stream_run(cruise, ckpt, tmp_path, {"filter": {"score_threshold": 0.0, "keep_non_plankton": True}},
+                         max_open_frames=2)
     assert (runner.post.classifier is not None) == classifier
     whole = tmp_path / "whole"
-    stats = runner.run(small_cruise, whole)
-    assert stats.frames_done == 3 and stats.objects > 0
+    stats = runner.run(cruise, whole)
+    assert stats.frames_done == 6 and stats.objects > 0
     t = pq.read_table(whole / "objects").to_pandas()
     assert t["object_id"].is_unique
     frames = pq.read_table(whole / "frames").to_pandas()
-    assert sorted(frames["frame_path"]) == sorted(set(frames["frame_path"])) and len(frames) == 3
-    # stopped after 2 frames (the second is done only if none of its objects reach the third), then
-    # resumed: the last done frame is run again, unwritten, to restore the objects open across the cut
+    assert sorted(frames["frame_path"]) == sorted(set(frames["frame_path"])) and len(frames) == 6
+    # stopped after 2 frames: the frames after the cut run too (at most max_open_frames), and a
+    # frame is done only once nothing still to close can reach it; resumed, the last done frame
+    # is run again, unwritten, to restore the objects open across the cut
     part = tmp_path / "part"
-    runner.run(small_cruise, part, limit=2)
+    runner.run(cruise, part, limit=2)
     done = len(pq.read_table(part / "frames"))
-    assert 1 <= done <= 2
-    stats = runner.run(small_cruise, part)
-    assert stats.frames_done == 3 - done and stats.frames_resumed == done
+    assert 1 <= done <= 2 + 2
+    stats = runner.run(cruise, part)
+    assert stats.frames_done == 6 - done and stats.frames_resumed == done
     assert _objects(part) == _objects(whole)
 
 
@@ -619,8 +625,20 @@ def test_engine_stream_with_organisms_across_cuts(tmp_path, tiny_checkpoint, mon
     per_frame = object_match(cruise / "ground_truth.coco.json", tmp_path / "whole" / "predictions.coco.json")
     assert per_frame["plankton_recall"] == per_frame["plankton_precision"] == 1.0
     assert per_frame["non_plankton"]["detected"] == per_frame["non_plankton"]["gt"]
-    # ...and so does the annotation export: pieces outside the owner frame are flagged truncated
+    # ...and so does the annotation export: pieces outside the owner frame are flagged truncated;
+    # each frame is read once
+    import segplank.export.ecotaxa as eco_module
+    import segplank.frames as frames_module
+
+    reads = []
+
+    def counted(path, _read=frames_module.read_frame):
+        reads.append(Path(path).name)
+        return _read(path)
+
+    monkeypatch.setattr(frames_module, "read_frame", counted)
     doc = json.loads(export_for_annotation(tmp_path / "whole", tmp_path / "ann", cruise_dir=cruise).read_text())
+    assert sorted(reads) == sorted(set(reads)) == sorted(im["file_name"].split("/")[-1] for im in doc["images"])
     frame_gt = json.loads((cruise / "ground_truth.coco.json").read_text())
     assert len(doc["annotations"]) == len(frame_gt["annotations"])
     frames_of = {}
@@ -639,8 +657,11 @@ def test_engine_stream_with_organisms_across_cuts(tmp_path, tiny_checkpoint, mon
 
     from segplank.export.ecotaxa import export_ecotaxa
 
+    reads.clear()
+    monkeypatch.setattr(eco_module, "read_frame", counted)
     (zpath,) = export_ecotaxa(tmp_path / "whole", tmp_path / "eco", sample_by="all", plankton_only=False,
                               pad_px=0, scale_bar_mm=None, features=False, cruise_dir=cruise)
+    assert sorted(reads) == sorted(set(reads)) == sorted(Path(p).name for p in t["frame_path"].unique())
     paths = sorted((cruise / "frames").iterdir())
     stream_image = np.concatenate([cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths])
     with zipfile.ZipFile(zpath) as z:
@@ -650,8 +671,14 @@ def test_engine_stream_with_organisms_across_cuts(tmp_path, tiny_checkpoint, mon
             assert (v == stream_image[y:y + r.bbox_h, r.bbox_x:r.bbox_x + r.bbox_w]).all(), r.object_id
     # killed after 2 frames, resumed: the objects open across the cut are rebuilt, none twice
     runner.run(cruise, tmp_path / "part", limit=2)
+    part = json.loads((tmp_path / "part" / "predictions.coco.json").read_text())
+    assert {a["image_id"] for a in part["annotations"]} <= {im["id"] for im in part["images"]}  # no piece of an unwritten frame
     runner.run(cruise, tmp_path / "part")
     assert _objects(tmp_path / "part") == _objects(tmp_path / "whole")
+    whole_coco, part_coco = (json.loads((tmp_path / d / "predictions.coco.json").read_text())["annotations"]
+                             for d in ("whole", "part"))
+    assert sorted((a["image_id"], a["object_id"], a["area"]) for a in part_coco) == sorted(
+        (a["image_id"], a["object_id"], a["area"]) for a in whole_coco)  # held-back pieces come in with their frame
     # the same feed without the stream: the crossing organisms come out in pieces
     from segplank.config import load_config
     from segplank.engine.local import LocalRunner

@@ -54,7 +54,8 @@ import pyarrow as pa
 
 from .atomic import atomic_path, write_json
 from ..features import zooprocess_features
-from ..runs import RunFolderError, frames_root, read_frames, read_objects
+from ..frames import FrameError, read_frame
+from ..runs import RunFolderError, frame_paths, frames_root, is_line_stream, read_frames, read_objects
 from .rle import decode_cropped
 
 log = logging.getLogger("segplank")
@@ -133,9 +134,8 @@ def export_ecotaxa(run_dir: Path, out: Path | None = None, *, sample_by: SampleB
     if len(table):
         table["_sample"] = _assign_samples(table, run_dir, sample_by, window_minutes, cast_min_range_m, project)
         root = frames_root(manifest, run_dir, cruise_dir, list(pd.unique(table["frame_path"]))[:50])
-        stream = bool(((manifest.get("config") or {}).get("stream") or {}).get("enabled"))
-        neighbours = _Neighbours(run_dir, root) if stream else None
-        written = _write_samples(table, root, out, settings, compute, neighbours)
+        stream = _StreamFrames(run_dir, root) if is_line_stream(manifest) else None
+        written = _write_samples(table, root, out, settings, compute, stream)
     _replace_record(out, written, {"run_dir": str(run_dir), "sample_by": sample_by, "objects": int(len(table))})
     return written
 
@@ -414,39 +414,40 @@ class _SampleZip:
         self._stack.__exit__(type(err), err, None)
 
 
-class _Neighbours:
-    """The frames of a line-stream run by index, for the objects that reach past their own
-    frame: the last few read are kept, as the next frame is usually read next anyway."""
+class _StreamFrames:
+    """A line-stream run's frames by index, each read once: a frame whose objects reach past it
+    is cut together with the frames they reach, and those are kept (the last ``keep`` read) for
+    when their own turn comes, usually next."""
 
     def __init__(self, run_dir: Path, root: Path, keep: int = 3) -> None:
-        from segplank.runs import read_frames
+        self.paths, self.root, self.keep = frame_paths(run_dir), root, keep
+        self.cache: dict[int, np.ndarray | FrameError] = {}
 
-        frames = read_frames(run_dir, ["frame_index", "frame_path"])
-        self.path_of = dict(zip(frames["frame_index"].tolist(), frames["frame_path"].tolist()))
-        self.root, self.keep = root, keep
-        self.cache: dict[int, np.ndarray | None] = {}
-
-    def __call__(self, index: int) -> np.ndarray | None:
-        from segplank.frames import FrameError, read_frame
-
+    def __call__(self, index: int) -> np.ndarray:
+        """The frame; FrameError (remembered) if it cannot be read."""
         if index not in self.cache:
-            path = self.path_of.get(index)
+            path = self.paths.get(index)
             try:
-                self.cache[index] = read_frame(self.root / path) if path is not None else None
-            except FrameError:
-                self.cache[index] = None
+                if path is None:
+                    raise FrameError(f"frame {index} was not processed by the run")
+                self.cache[index] = read_frame(self.root / path)
+            except FrameError as e:
+                self.cache[index] = e
             while len(self.cache) > self.keep:
                 del self.cache[next(iter(self.cache))]
-        return self.cache[index]
+        got = self.cache[index]
+        if isinstance(got, FrameError):
+            raise got
+        return got
 
-    def stack(self, rows: pd.DataFrame, image: np.ndarray) -> tuple[np.ndarray, int]:
-        """``image`` with the frames above and below that its objects reach, and the rows it
-        gained on top: a vignette of an organism across a cut shows all of it (what was not
+    def stack(self, rows: pd.DataFrame) -> tuple[np.ndarray, int]:
+        """The rows' frame with the frames above and below that its objects reach, and the rows
+        it gained on top: a vignette of an organism across a cut shows all of it (what was not
         recorded, at a stream's end, stays the background fill)."""
+        index = int(rows["frame_index"].iloc[0])
+        image = self(index)
         h = image.shape[0]
         top, bottom = int(rows["bbox_y"].min()), int((rows["bbox_y"] + rows["bbox_h"]).max())
-        index = int(rows["frame_index"].iloc[0])
-        self.cache[index] = image
         above = self._run(index, -1, -(top // h) if top < 0 else 0, image.shape)[::-1]
         below = self._run(index, 1, -(-(bottom - h) // h) if bottom > h else 0, image.shape)
         return (np.concatenate([*above, image, *below]) if above or below else image), h * len(above)
@@ -455,21 +456,23 @@ class _Neighbours:
         """Up to ``n`` frames from ``index`` on in direction ``step``, nearest first, up to the first missing one."""
         out = []
         for k in range(1, n + 1):
-            frame = self(index + step * k)
-            if frame is None or frame.shape != shape:
+            try:
+                frame = self(index + step * k)
+            except FrameError:
+                break
+            if frame.shape != shape:
                 break
             out.append(frame)
         return out
 
 
 def _write_samples(table: pd.DataFrame, root: Path, out: Path, s: _Settings,
-                   compute: Callable[..., pd.DataFrame] | None, neighbours: _Neighbours | None = None) -> list[Path]:
+                   compute: Callable[..., pd.DataFrame] | None, stream: _StreamFrames | None = None) -> list[Path]:
     """Read each frame once (in time order), add its vignettes to its samples' zips, and
     finish each zip after its last frame, so only the samples in progress are open.
 
-    With ``neighbours`` (a line-stream run), a frame whose objects reach past it is cut
-    together with the frames they reach."""
-    from segplank.frames import FrameError, read_frame
+    With ``stream`` (a line-stream run), a frame whose objects reach past it is cut together
+    with the frames they reach."""
 
     groups = table.groupby("frame_path", sort=False).indices
     order = list(pd.unique(table["frame_path"]))  # the table is in time order: frames by first object
@@ -485,10 +488,7 @@ def _write_samples(table: pd.DataFrame, root: Path, out: Path, s: _Settings,
         for k, fp in enumerate(order):
             rows = table.iloc[groups[fp]]
             try:
-                image = read_frame(root / fp)
-                shift = 0
-                if neighbours is not None:
-                    image, shift = neighbours.stack(rows, image)
+                image, shift = stream.stack(rows) if stream is not None else (read_frame(root / fp), 0)
             except FrameError as e:
                 skipped.append(fp)
                 log.warning("%s: %s; its %d object(s) are left out of the EcoTaxa export", fp, e, len(rows))

@@ -34,10 +34,8 @@ export of objects segplank wrote, matches them to the run(s) by ``object_id`` an
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
-import re
 import shutil
 import zipfile
 from collections import Counter
@@ -51,18 +49,17 @@ import pandas as pd
 from .annotate import box_masks
 from .export.atomic import write_json
 from .export.rle import encode_in_frame
+from .library import LibraryError, read_ecotaxa_tsv
 from .runs import frames_root, read_manifest, read_objects
+from .taxonomy import is_non_living
 
 log = logging.getLogger("segplank")
 
 COCO_NAME = "train.coco.json"
 DROP_CATEGORIES = frozenset({"discarded", "duplicate", "multiple<other"})
-NON_LIVING = frozenset({"not-living", "detritus", "artefact", "artifact", "bubble", "bubbles", "marine_snow",
-                        "marine snow", "fiber", "fibre", "badfocus", "plastic", "crystal", "reflection"})
 REQUIRED = ("object_id", "object_annotation_status", "object_annotation_category")
 _RUN_COLUMNS = ["object_id", "frame_path", "frame_index", "label_name", "bbox_x", "bbox_y", "bbox_w", "bbox_h",
                 "mask_rle"]
-_TYPE_CELL = re.compile(r"\[[tf]\]")
 
 
 class EcoTaxaImportError(ValueError):
@@ -154,17 +151,13 @@ def read_export(path: Path) -> pd.DataFrame:
 
 def _read_tsv(data: bytes, source: str) -> pd.DataFrame:
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise EcoTaxaImportError(f"{source}: not UTF-8 ({e}); export from EcoTaxa again or convert it") from None
-    df = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)
-    df.columns = [str(c).strip().lower() for c in df.columns]
+        df = read_ecotaxa_tsv(data, source)
+    except LibraryError as e:
+        raise EcoTaxaImportError(str(e)) from None
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise EcoTaxaImportError(f"{source}: no column {', '.join(missing)}; export the objects from EcoTaxa "
                                  "with their annotation (status and category)")
-    if len(df) and _TYPE_CELL.fullmatch(df["object_id"].iloc[0].strip()):
-        df = df.iloc[1:]  # EcoTaxa's type row
     hierarchy = df["object_annotation_hierarchy"] if "object_annotation_hierarchy" in df else ""
     out = pd.DataFrame({"object_id": df["object_id"].str.strip(),
                         "status": df["object_annotation_status"].str.strip().str.lower(),
@@ -220,13 +213,6 @@ def _categories(base: list[dict], kept: pd.DataFrame, export: pd.DataFrame) -> t
         living = not is_non_living(name, str(hierarchy.get(name, "")))
         cats.append({"id": len(cats) + 1, "name": name, "supercategory": "plankton" if living else "non-plankton"})
     return cats, new
-
-
-def is_non_living(name: str, hierarchy: str = "") -> bool:
-    """Whether an EcoTaxa category names non-living matter (from its hierarchy when given)."""
-    if hierarchy.strip():
-        return hierarchy.strip().lower().startswith("not-living")
-    return any(part.strip().lower() in NON_LIVING for part in re.split(r"[<>]", name))
 
 
 # --- writing -------------------------------------------------------------------------------

@@ -239,11 +239,26 @@ def train(coco: list[Path] = typer.Argument(..., help="COCO annotations of full 
               f"{files.csv.name}, {files.png.name}; metrics: {ckpt.metrics}")
 
 
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
 @app.command("train-classifier")
 def train_classifier_cmd(
-        coco: list[Path] = typer.Argument(..., help="COCO annotations of full frames (the checkpoint's class names)."),
-        model: Path = typer.Option(..., "--model", "-m", help="The detector checkpoint the classifier joins."),
+        coco: Optional[list[Path]] = typer.Argument(None, help="COCO annotations of full frames (the checkpoint's class names)."),
+        model: Optional[Path] = typer.Option(None, "--model", "-m", help="The detector checkpoint the classifier joins."),
         output: Path = typer.Option(Path("model.pt"), "-o", "--output", help="The checkpoint with its classifier."),
+        library: Optional[Path] = typer.Option(None, "--library", help="Train on a vignette library instead (a folder "
+                                               "per taxon, or an EcoTaxa export .zip/folder): a classifier of its taxa."),
+        held_out: float = typer.Option(0.2, "--held-out", min=0.0, max=0.9, help="With --library: share of each taxon "
+                                       "kept out of training and scored (top-1, macro-F1, per level)."),
+        pixel_size: Optional[float] = typer.Option(None, "--pixel-size", min=1e-3, help="With --library: µm per pixel of "
+                                                   "vignettes that state none (EcoTaxa's process_pixel otherwise)."),
+        all_statuses: bool = typer.Option(False, "--all-statuses", help="With --library: every EcoTaxa row, not only "
+                                          "validated ones."),
+        class_power: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Classes drawn in proportion to their "
+                                                    "count ** this (0: equally often; default 0, 0.5 with --library)."),
         images: Optional[Path] = typer.Option(None, help="Image root (default: each COCO file's folder)."),
         val: Optional[list[Path]] = typer.Option(None, help="Validation COCO file(s): accuracy per class on the detector's candidates."),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="Pipeline config of the annotated frames "
@@ -256,13 +271,23 @@ def train_classifier_cmd(
         threads: int = typer.Option(2, min=1),
         vignettes: Optional[Path] = typer.Option(None, help="An .npz that keeps the cut vignettes: a rerun with the "
                                                  "same detector, annotations and config skips the mining.")) -> None:
-    """Train the vignette classifier that names every refined candidate, and add it to a checkpoint."""
+    """Train the vignette classifier that names every refined candidate, and add it to a checkpoint;
+    or, with --library, a classifier of a vignette library's taxa (for `segplank classify`)."""
     from .config import ConfigError, load_config
     from .model.checkpoint import CheckpointError, load_checkpoint
     from .model.classifier import ClassifierConfig
     from .train_classifier import ClassifierTrainConfig, fit_classifier
     from .train_data import CocoError
 
+    if library is not None:
+        if coco or model is not None:
+            _fail("--library trains a classifier of the library's taxa on its own: pass no COCO file and no --model")
+        cfg = ClassifierTrainConfig(ClassifierConfig(size, width), iterations, batch_size, lr, seed=seed,
+                                    threads=threads, class_power=0.5 if class_power is None else class_power)
+        _train_library_classifier(library, output, cfg, held_out, pixel_size, None if all_statuses else ("validated",))
+        return
+    if not coco or model is None:
+        _fail("pass COCO annotation file(s) and --model (a detector checkpoint), or --library LIB")
     for path in [*coco, *(val or [])]:
         if not path.is_file():
             _fail(f"{path}: annotation file not found")
@@ -271,10 +296,9 @@ def train_classifier_cmd(
         ckpt = load_checkpoint(model)
     except (ConfigError, CheckpointError) as e:
         _fail(str(e))
-    cfg = ClassifierTrainConfig(ClassifierConfig(size, width), iterations, batch_size, lr, seed=seed, threads=threads)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=console) as progress:
+    cfg = ClassifierTrainConfig(ClassifierConfig(size, width), iterations, batch_size, lr, seed=seed, threads=threads,
+                                class_power=class_power or 0.0)
+    with _progress() as progress:
         tasks: dict[str, int] = {}
 
         def on_step(stage: str, k: int, total: int, row: dict) -> None:
@@ -295,6 +319,80 @@ def train_classifier_cmd(
               f"{t['seconds']} s{acc}")
     for name, a in t.get("val_accuracy_per_class", {}).items():
         out.print(f"  {name}: {a:.3f}")
+
+
+def _train_library_classifier(library: Path, output: Path, cfg, held_out: float, pixel_size: Optional[float],
+                              statuses) -> None:
+    from .library import LibraryError
+    from .train_classifier import fit_library_classifier
+
+    report_dir = output.parent / f"{output.stem}_report"
+    with _progress() as progress:
+        tasks: dict[str, int] = {}
+
+        def on_step(stage: str, k: int, total: int, row: dict) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total, info="")
+            info = f"loss {row['loss']:.3f}" if "loss" in row else f"{row.get('vignettes', k)} vignettes"
+            progress.update(tasks[stage], completed=k, info=info)
+
+        try:
+            clf = fit_library_classifier(library, output, cfg, held_out, cfg.seed, pixel_size, statuses, on_step,
+                                         report_dir)
+        except (LibraryError, ValueError) as e:
+            progress.stop()
+            _fail(str(e))
+    t, m = clf.trained_on, clf.metrics
+    out.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB): {len(clf.taxa)} taxa, {t['train_vignettes']} "
+              f"training vignettes, {t['seconds']} s")
+    if t["skipped"]:
+        out.print("left out: " + ", ".join(f"{n} {r}" for r, n in t["skipped"].items()))
+    if m:
+        levels = ", ".join(f"{k} {v:.3f}" for k, v in m["levels"].items())
+        out.print(f"held out ({t['held_out_vignettes']} vignettes, {t['held_out']:.0%} of each taxon): top-1 "
+                  f"{m['top1']:.3f}, macro-F1 {m['macro_f1']:.3f}, group {m['group_accuracy']:.3f}, living "
+                  f"{m['living_accuracy']:.3f}; by level: {levels}")
+        out.print(f"per class and confusion figure: {report_dir}/")
+
+
+@app.command()
+def classify(folder: Path = typer.Argument(..., help="Vignettes: a folder of images, a folder per taxon, or an EcoTaxa "
+                                                     "export (.zip or folder)."),
+             model: Optional[Path] = typer.Option(None, "--model", "-m", help="A classifier from `train-classifier "
+                                                  "--library` (default: the bundled NDSB classifier), or a checkpoint "
+                                                  "with a classifier."),
+             output: Path = typer.Option(Path("predictions.csv"), "-o", "--output", help="CSV: path, taxon, group, "
+                                         "probability, living (and true_taxon for a labelled library)."),
+             pixel_size: Optional[float] = typer.Option(None, "--pixel-size", min=1e-3, help="µm per pixel of the "
+                                                        "vignettes (default: the classifier's training scale)."),
+             all_statuses: bool = typer.Option(False, "--all-statuses", help="EcoTaxa: every row, not only validated ones.")
+             ) -> None:
+    """Name every vignette of a folder: its taxon, reporting group, probability and whether it is living."""
+    from .classify import classification_report, classify_library, write_predictions
+    from .library import LibraryError, open_library
+    from .model.checkpoint import CheckpointError
+    from .model.taxa_classifier import BUNDLED_CLASSIFIER, load_taxa_classifier
+
+    path = model or BUNDLED_CLASSIFIER
+    try:
+        clf = load_taxa_classifier(path)
+        lib = open_library(folder, None if all_statuses else ("validated",), pixel_size, unlabelled=True)
+    except (CheckpointError, LibraryError) as e:
+        _fail(str(e))
+    with lib:
+        preds = classify_library(clf, lib)
+    labelled = [p for p in preds if p.true_taxon]
+    write_predictions(preds, output, with_truth=bool(labelled))
+    skipped = sum(lib.skipped.values())
+    out.print(f"wrote {output}: {len(preds)} vignettes classified" + (f", {skipped} left out" if skipped else ""))
+    taxa = {t.name: t for t in clf.taxa}
+    known = [p for p in labelled if p.true_taxon in taxa]
+    if labelled and len(known) < len(labelled):
+        out.print(f"{len(labelled) - len(known)} labelled vignettes are of taxa the classifier does not know (not scored)")
+    if known:
+        r = classification_report([p.true_taxon for p in known], [p.taxon for p in known], taxa)
+        out.print(f"against the library's labels ({len(known)} vignettes): top-1 {r['top1']:.3f}, macro-F1 "
+                  f"{r['macro_f1']:.3f}, group {r['group_accuracy']:.3f}, living {r['living_accuracy']:.3f}")
 
 
 @app.command()

@@ -90,6 +90,9 @@ class VignetteLibrary:
     items: list[LibraryItem]
     taxa: dict[str, Taxon]
     skipped: Counter = field(default_factory=Counter)  # reason → count
+    # the library's own polarity (most of its vignettes'), so that an organism filling a
+    # vignette to its border is not read as a background of its own colour
+    polarity: Polarity | None = None
     _zip: zipfile.ZipFile | None = None
     _warned: Counter = field(default_factory=Counter)
 
@@ -136,7 +139,7 @@ class VignetteLibrary:
         if image is None:
             self.skip(item.source, "not a readable image")
             return None
-        mask, pol, bg = organism_mask(image, polarity)
+        mask, pol, bg = organism_mask(image, polarity or self.polarity)
         if not mask.any():
             self.skip(item.source, "no organism stands out from the vignette's background (empty mask)")
             return None
@@ -227,11 +230,12 @@ def organism_mask(image: np.ndarray, polarity: Polarity | None = None,
     bg = float(np.median(border))
     if polarity is None:
         polarity = "dark_on_bright" if bg >= 128 else "bright_on_dark"
-    # an organism that reaches the border shifts its median towards the organism: the
-    # background is the border's level furthest from it
-    bg = float(np.percentile(border, 75 if polarity == "dark_on_bright" else 25))
+    # an organism that reaches the border takes part of it: the background (its level and
+    # noise) is read from the half of the border furthest from the organism's side
+    side = border[border >= np.median(border)] if polarity == "dark_on_bright" else border[border <= np.median(border)]
+    bg = float(np.median(side))
     contrast = bg - grey if polarity == "dark_on_bright" else grey - bg
-    noise = 1.4826 * float(np.median(np.abs(border - bg)))
+    noise = 1.4826 * float(np.median(np.abs(side - bg)))
     fg = (contrast > max(min_contrast, NOISE_SIGMAS * noise)).astype(np.uint8)
     if not fg.any():
         return fg.astype(bool), polarity, bg
@@ -277,11 +281,13 @@ def _pixel_size(row: pd.Series) -> float | None:
 
 
 def open_library(path: Path, statuses: Sequence[str] | None = ("validated",),
-                 pixel_size_um: float | None = None) -> VignetteLibrary:
+                 pixel_size_um: float | None = None, unlabelled: bool = False) -> VignetteLibrary:
     """Open a folder tree or an EcoTaxa export (folder or zip); see the module's docstring.
 
     ``statuses``: EcoTaxa annotation statuses to keep (None: every row). ``pixel_size_um``:
     the library's pixel size where the export does not state one (a folder tree never does).
+    ``unlabelled``: images outside any taxon folder are items too, with taxon ``""`` (a
+    folder of vignettes to classify).
     """
     path = Path(path)
     if not path.exists():
@@ -303,32 +309,46 @@ def open_library(path: Path, statuses: Sequence[str] | None = ("validated",),
     if tsvs:
         _list_ecotaxa(lib, names, tsvs, statuses, pixel_size_um)
     else:
-        _list_folders(lib, names, pixel_size_um)
+        _list_folders(lib, names, pixel_size_um, unlabelled)
     if not lib.items:
         lib.close()
         raise LibraryError(f"{path}: no usable vignette ({dict(lib.skipped) or 'no image found'}); a library is a folder "
                            "per taxon of images, or an EcoTaxa export with its .tsv and images")
-    one = sorted(t for t, c in lib.counts().items() if c == 1)
+    lib.polarity = _majority_polarity(lib)
+    one = sorted(t for t, c in lib.counts().items() if c == 1 and t)
     if one:
         log.warning("%s: %d taxon(s) with a single vignette (%s): kept for training, too few to test on",
                     path, len(one), ", ".join(one[:5]) + (", …" if len(one) > 5 else ""))
     return lib
 
 
-def _list_folders(lib: VignetteLibrary, names: list[str], pixel_size_um: float | None) -> None:
+def _majority_polarity(lib: VignetteLibrary, n: int = 64) -> Polarity | None:
+    """The polarity of most of up to ``n`` vignettes spread over the library (None: no readable one)."""
+    votes = Counter()
+    for it in lib.items[::max(1, len(lib.items) // n)][:n]:
+        try:
+            image = decode_grey(lib.read_bytes(it.source))
+        except (OSError, KeyError):
+            continue
+        if image is not None:
+            votes["dark_on_bright" if np.median(_border(image)) >= 128 else "bright_on_dark"] += 1
+    return votes.most_common(1)[0][0] if votes else None
+
+
+def _list_folders(lib: VignetteLibrary, names: list[str], pixel_size_um: float | None, unlabelled: bool) -> None:
     items = []
     for n in names:
         parts = n.split("/")
         if parts[-1].startswith("."):
             continue  # .DS_Store, editors' files: not vignettes and not worth a line
-        if len(parts) < 2:
-            lib.skip(n, "outside any taxon folder (a library is <taxon>/…/<image>)")
-            continue
         if not parts[-1].lower().endswith(IMAGE_SUFFIXES):
             lib.skip(n, "not an image file (.png, .jpg, .tif, .bmp)")
             continue
-        items.append(LibraryItem(n, parts[0], pixel_size_um))
-    known = {it.taxon for it in items}
+        if len(parts) < 2 and not unlabelled:
+            lib.skip(n, "outside any taxon folder (a library is <taxon>/…/<image>)")
+            continue
+        items.append(LibraryItem(n, parts[0] if len(parts) > 1 else "", pixel_size_um))
+    known = {it.taxon for it in items if it.taxon}
     lib.items = items
     lib.taxa = {t: taxon_from_prefix(t, known) for t in sorted(known)}
 

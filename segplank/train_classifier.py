@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,10 @@ from .model.classifier import ClassifierConfig, VignetteClassifier, VignetteNet,
 from .refine import refine_masks
 from .structures import CroppedMasks, Detections
 from .train_data import TrainFrame, load_coco_frames
+
+if TYPE_CHECKING:
+    from .library import LibraryItem, VignetteLibrary
+    from .model.taxa_classifier import TaxaClassifier
 
 log = logging.getLogger("segplank")
 
@@ -54,6 +59,9 @@ class ClassifierTrainConfig:
     # share of each batch drawn from "not an object": the most varied of the classes (parts,
     # fusions, background), and the one a wrong call turns into a counted organism
     negative_share: float = 0.25
+    # classes are drawn in proportion to (their vignettes) ** class_power: 0 draws every class
+    # equally often (plankton is 1 % of a frame's objects), 1 as often as the library holds them
+    class_power: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -215,7 +223,10 @@ def train_classifier(cfg: ClassifierTrainConfig, train: VignetteSet, n_classes: 
     present = np.unique(train.labels)
     by_class = [np.flatnonzero(train.labels == c) for c in present]
     # classes equally often, "not an object" (label 0, when mined) at its own share
-    p = np.where(present == 0, cfg.negative_share, (1 - cfg.negative_share) / max(1, np.count_nonzero(present)))
+    weight = np.array([len(b) ** cfg.class_power for b in by_class], np.float64)
+    weight[present == 0] = 0.0
+    weight *= (1 - cfg.negative_share if (present == 0).any() else 1.0) / max(weight.sum(), 1e-12)
+    p = np.where(present == 0, cfg.negative_share, weight)
     p = p / p.sum()
     t0 = time.monotonic()
     history = []
@@ -297,3 +308,78 @@ def fit_classifier(ckpt: Checkpoint, train_coco: Sequence[Path], out: Path, val_
     new = ckpt.with_classifier(cfg.net, net.state_dict(), trained)
     new.save(out)
     return new
+
+
+# --- from a vignette library ---------------------------------------------------------------
+
+def library_vignette_set(lib: "VignetteLibrary", items: Sequence["LibraryItem"], labels: dict[str, int], size: int,
+                         pixel_size_um: float, progress: Callable[[int, dict], None] | None = None
+                         ) -> tuple[VignetteSet, list[str]]:
+    """Vignettes of a library's items cut as inference cuts a frame's objects; (set, their sources).
+
+    Each is the organism's mask from its own background, in a window around its box: what
+    the classifier sees of a refined object in a frame.
+    """
+    xs, ss, ys, sources = [], [], [], []
+    for k, v in enumerate(lib.vignettes(items)):
+        masks = CroppedMasks(np.zeros((1, 2), np.int64), (v.mask,))
+        x, s = vignettes(v.image, masks, v.polarity, v.pixel_size_um or pixel_size_um, size)
+        xs.append(x.astype(np.float16))
+        ss.append(s)
+        ys.append(labels[v.taxon])
+        sources.append(v.source)
+        if progress and (k + 1) % 500 == 0:
+            progress(k + 1, {"vignettes": k + 1})
+    if not xs:
+        raise ValueError(f"{lib.root}: no usable vignette to cut")
+    return VignetteSet(np.concatenate(xs), np.concatenate(ss), np.asarray(ys, np.int64)), sources
+
+
+def fit_library_classifier(library: Path, out: Path, cfg: ClassifierTrainConfig = ClassifierTrainConfig(),
+                           held_out: float = 0.2, split_seed: int = 0, pixel_size_um: float | None = None,
+                           statuses: Sequence[str] | None = ("validated",),
+                           progress: Callable[[str, int, int, dict], None] | None = None,
+                           report_dir: Path | None = None) -> "TaxaClassifier":
+    """A classifier of a library's taxa, trained on all but ``held_out`` of each taxon and
+    scored on that held-out part (top-1, macro-F1, per class and per taxonomic level).
+
+    ``pixel_size_um``: the library's pixel size where it states none (the scale its size
+    inputs are read at; ``classify`` assumes the same for vignettes that state none).
+    """
+    from .classify import classification_report, confusion_figure
+    from .library import open_library
+    from .model.taxa_classifier import TaxaClassifier
+
+    step = (lambda stage, total: (lambda k, row: progress(stage, k, total, row))) if progress else (lambda *_: None)
+    with open_library(library, statuses, pixel_size_um) as lib:
+        taxa = [lib.taxa[n] for n in lib.taxon_names]
+        labels = {t.name: k + 1 for k, t in enumerate(taxa)}
+        train_items, test_items = lib.split(held_out, split_seed) if held_out > 0 else (list(lib.items), [])
+        train_items = [it for it in train_items if it.taxon]
+        px = float(pixel_size_um or next((it.pixel_size_um for it in lib.items if it.pixel_size_um), 10.0))
+        train, _ = library_vignette_set(lib, train_items, labels, cfg.net.size, px, step("cut", len(train_items)))
+        test = library_vignette_set(lib, test_items, labels, cfg.net.size, px)[0] if test_items else None
+        skipped = dict(lib.skipped)
+        digest = lib.digest()
+    net, metrics = train_classifier(cfg, train, len(taxa), None, step("train", cfg.iterations))
+    clf = TaxaClassifier(cfg.net, tuple(taxa), net.state_dict(), px)
+    report = None
+    if test is not None:
+        probs = clf.build().predict(test.x.astype(np.float32), test.scalars)[:, 1:]
+        names = [t.name for t in taxa]
+        report = classification_report([names[i - 1] for i in test.labels], [names[i] for i in probs.argmax(1)],
+                                       {t.name: t for t in taxa})
+        if report_dir is not None:
+            Path(report_dir).mkdir(parents=True, exist_ok=True)
+            (Path(report_dir) / "classify_report.json").write_text(json.dumps(report, indent=1))
+            confusion_figure([names[i - 1] for i in test.labels], [names[i] for i in probs.argmax(1)],
+                             {t.name: t for t in taxa}, Path(report_dir) / "confusion.png")
+    clf.trained_on = {"library": str(library), "library_digest": digest, "held_out": held_out,
+                      "split_seed": split_seed, "train_vignettes": int(len(train.labels)),
+                      "held_out_vignettes": 0 if test is None else int(len(test.labels)), "skipped": skipped,
+                      "config": {**cfg.net.to_dict(), "iterations": cfg.iterations, "batch_size": cfg.batch_size,
+                                 "lr": cfg.lr, "seed": cfg.seed, "class_power": cfg.class_power,
+                                 "pixel_size_um": px}, "seconds": metrics["seconds"]}
+    clf.metrics = {} if report is None else {k: v for k, v in report.items() if k != "per_class"}
+    clf.save(out)
+    return clf

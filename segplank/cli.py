@@ -60,8 +60,18 @@ def synth(out_dir: Path = typer.Argument(..., help="Folder to write the syntheti
           line_scan: bool = typer.Option(False, "--line-scan", help="A line-scan cruise (the isiis preset): frames "
                                          "are cuts of one stream; ground_truth_stream.json holds each object once."),
           avi: bool = typer.Option(False, "--avi", help="Also write the frames as one lossless AVI in OUT_DIR/avi, "
-                                   "a cruise folder of its own (segplank infer OUT_DIR/avi).")) -> None:
+                                   "a cruise folder of its own (segplank infer OUT_DIR/avi)."),
+          organisms: Optional[Path] = typer.Option(None, "--organisms", help="A vignette library (a folder per taxon, "
+                                                   "or an EcoTaxa export): its organisms replace the drawn plankton "
+                                                   "and detritus; the truth's categories are its taxa."),
+          organisms_split: str = typer.Option("all", help="With --organisms: all, train or held_out (the split of "
+                                              "`train-classifier --library` with the same --organisms-seed)."),
+          organisms_seed: int = typer.Option(0, min=0, help="With --organisms: the seed of that split."),
+          library_pixel_size: Optional[float] = typer.Option(None, min=1e-3, help="With --organisms: µm per pixel of "
+                                                             "its vignettes where it states none (default: the "
+                                                             "cruise's, drawn 1:1).")) -> None:
     """Write a synthetic ISIIS/UVP cruise with exact COCO ground truth, navigation and CTD."""
+    from .library import LibraryError
     from .synth import make_cruise
 
     if line_scan and preset != "isiis":
@@ -70,10 +80,14 @@ def synth(out_dir: Path = typer.Argument(..., help="Folder to write the syntheti
         _fail(f"--preset {preset!r}: choose isiis or uvp")
     if density not in ("sparse", "mixed", "dense"):
         _fail(f"--density {density!r}: choose sparse, mixed or dense")
+    if organisms_split not in ("all", "train", "held_out"):
+        _fail(f"--organisms-split {organisms_split!r}: choose all, train or held_out")
     try:
         summary = make_cruise(out_dir, frames, seed, preset=preset, density=density, plankton_share=plankton_share,
-                              size=(size, size), workers=workers, frame_rate_hz=frame_rate, avi=avi)
-    except (FileExistsError, ValueError) as e:
+                              size=(size, size), workers=workers, frame_rate_hz=frame_rate, avi=avi,
+                              organisms=organisms, organisms_split=organisms_split, organisms_seed=organisms_seed,
+                              library_pixel_size_um=library_pixel_size)
+    except (FileExistsError, ValueError, LibraryError) as e:
         _fail(str(e))
     out.print(str(summary))
 

@@ -34,8 +34,9 @@ MIN_SIZE_PX = 2.0
 # (prosome + urosome) for copepods, trunk + tail for appendicularians, bell diameter for
 # medusae. REACH bounds how far (in sizes) anything drawn lies from the object's centre,
 # which tells a line-scan frame which neighbours' objects can reach into it.
+LIBRARY = 0  # a library organism (synth/organisms.py): its size is its box's diagonal
 REACH: dict[int, float] = {
-    COPEPOD: 1.25, CHAETOGNATH: 0.62, APPENDICULARIAN: 0.6, MEDUSA: 1.4,
+    LIBRARY: 0.5, COPEPOD: 1.25, CHAETOGNATH: 0.62, APPENDICULARIAN: 0.6, MEDUSA: 1.4,
     RADIOLARIAN: 0.52, MARINE_SNOW: 0.52, DETRITUS: 0.52, BUBBLE: 0.52,
 }
 

@@ -29,7 +29,6 @@ import cv2
 import numpy as np
 import yaml
 
-from .categories import CATEGORIES
 from .environment import Environment
 from .params import TIMESTAMP_FORMAT, TIMESTAMP_REGEX, SynthConfig, iso_z
 from .linescan import write_avi
@@ -54,7 +53,8 @@ class CruiseSummary:
 
     def lines(self) -> list[str]:
         per_frame = self.seconds / self.n_frames if self.n_frames else 0.0
-        cats = ", ".join(f"{name} {n}" for name, n in self.per_category.items())
+        shown = {name: n for name, n in self.per_category.items() if n} if len(self.per_category) > 12 else self.per_category
+        cats = ", ".join(f"{name} {n}" for name, n in shown.items())
         return [
             f"synthetic cruise in {self.out_dir}",
             f"  {self.n_frames} frames, {self.n_objects} annotated objects, {len(self.files)} files",
@@ -77,18 +77,27 @@ def make_cruise(out_dir: Path, n_frames: int = 10, seed: int = 0, *, preset: Lit
                 density: Literal["sparse", "mixed", "dense"] = "mixed", plankton_share: float | None = None,
                 size: tuple[int, int] = (2048, 2048), workers: int = 1,
                 start_time: datetime = datetime(2026, 6, 1, 12, 0, tzinfo=UTC),
-                frame_rate_hz: float = 2.0, pixel_size_um: float = 10.0, avi: bool = False) -> CruiseSummary:
+                frame_rate_hz: float = 2.0, pixel_size_um: float = 10.0, avi: bool = False,
+                organisms: Path | None = None, organisms_split: Literal["all", "train", "held_out"] = "all",
+                organisms_held_out: float = 0.2, organisms_seed: int = 0,
+                library_pixel_size_um: float | None = None) -> CruiseSummary:
     """Render `n_frames` frames with exact ground truth, plus nav, CTD and cruise.yaml.
 
     `size` is (height, width); `plankton_share` overrides the share of plankton among
     objects (training sets); `workers` > 1 renders frames in a process pool. A line-scan
     (isiis) cruise also gets ``ground_truth_stream.json``; `avi` also writes the frames as
-    one lossless AVI in ``avi/`` (a cruise folder of its own).
+    one lossless AVI in ``avi/`` (a cruise folder of its own). ``organisms``: a vignette
+    library whose organisms (its ``organisms_split``, as ``train-classifier --library``
+    splits it with the same seed and share) replace the drawn plankton and detritus; the
+    ground truth's categories are then the library's taxa and the drawn particles.
     """
     t0 = time.perf_counter()
     cfg = SynthConfig(seed=seed, n_frames=n_frames, preset=preset, density=density,
                       plankton_share=plankton_share, size=tuple(size), start_time=start_time,
-                      frame_rate_hz=frame_rate_hz, pixel_size_um=pixel_size_um)
+                      frame_rate_hz=frame_rate_hz, pixel_size_um=pixel_size_um,
+                      organisms=None if organisms is None else str(Path(organisms).resolve()),
+                      organisms_split=organisms_split, organisms_held_out=organisms_held_out,
+                      organisms_seed=organisms_seed, library_pixel_size_um=library_pixel_size_um)
     out = Path(out_dir)
     frames_dir = out / "frames"
     _check_target(frames_dir, {cfg.frame_name(k) for k in range(n_frames)})
@@ -116,7 +125,7 @@ def make_cruise(out_dir: Path, n_frames: int = 10, seed: int = 0, *, preset: Lit
     if avi and n_frames:
         files += write_avi_cruise(out / "avi", cfg, frames_dir, nav, ctd)
     return CruiseSummary(out, n_frames, sum(counts.values()),
-                         {c["name"]: counts.get(c["id"], 0) for c in CATEGORIES},
+                         {c["name"]: counts.get(c["id"], 0) for c in cfg.categories()},
                          time.perf_counter() - t0, tuple(files))
 
 
@@ -154,7 +163,7 @@ def render_and_write(cfg: SynthConfig, k: int, frames_dir: Path) -> _FrameRecord
     _write_png(Path(frames_dir) / name, frame.image)
     h, w = cfg.height, cfg.width
     anns = [{
-        "category_id": o.spec.category_id,
+        "category_id": cfg.truth_category(o.spec),
         "segmentation": encode_rle(o.mask, o.x0, o.y0, h, w),
         "area": o.area,
         "bbox": o.bbox,
@@ -215,7 +224,7 @@ class StreamTruthWriter:
                                         "objects in stream coordinates, each once",
                          "version": str(GENERATOR_VERSION)},
                 "frame_height": cfg.height, "width": cfg.width, "n_frames": cfg.n_frames,
-                "categories": [dict(c) for c in CATEGORIES]}
+                "categories": cfg.categories()}
         self._f = self._tmp.open("w", encoding="utf-8", newline="\n")
         self._f.write(_dumps(head)[:-1] + ',"objects":[')
         return self
@@ -309,7 +318,7 @@ def _write_coco(path: Path, cfg: SynthConfig, records: Iterable[_FrameRecord]) -
                     n += 1
                     f.write(("\n" if n == 1 else ",\n") + _dumps({"id": n, "image_id": rec.index + 1, **ann}))
                     counts[ann["category_id"]] += 1
-            f.write("\n]," + _dumps({"categories": [dict(c) for c in CATEGORIES]})[1:] + "\n")
+            f.write("\n]," + _dumps({"categories": cfg.categories()})[1:] + "\n")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -385,6 +394,9 @@ def cruise_yaml(cfg: SynthConfig, extensions: tuple[str, ...] | None = None) -> 
             "plankton_share": cfg.plankton_share,
             "start_time": iso_z(cfg.start_time),
             "generator_version": GENERATOR_VERSION,
+            **({"organisms": cfg.organisms, "organisms_split": cfg.organisms_split,
+                "organisms_held_out": cfg.organisms_held_out, "organisms_seed": cfg.organisms_seed}
+               if cfg.organisms else {}),
         },
     }
     return "# segplank synthetic cruise: instrument settings and how it was generated\n" + \

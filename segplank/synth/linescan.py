@@ -44,7 +44,7 @@ def stream_objects(cfg: SynthConfig, frames: Iterable[RenderedFrame] | None = No
     for f in frames:
         for o in f.objects:
             parts.setdefault(o.spec.uid, []).append((f.index, o.x0, o.y0 + f.index * cfg.height, o.mask,
-                                                     o.spec.category_id))
+                                                     cfg.truth_category(o.spec)))
     out = []
     for uid, ps in parts.items():
         x0 = min(p[1] for p in ps)

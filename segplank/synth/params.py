@@ -6,6 +6,7 @@ be rendered alone, in any process, and come out byte-identical.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -41,6 +42,13 @@ class SynthConfig:
     start_time: datetime = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
     frame_rate_hz: float = 2.0
     pixel_size_um: float = 10.0
+    # a vignette library (synth/organisms.py) whose organisms replace the drawn plankton and
+    # detritus; which split of it (the same split as `train-classifier --library`)
+    organisms: str | None = None
+    organisms_split: Literal["all", "train", "held_out"] = "all"
+    organisms_held_out: float = 0.2
+    organisms_seed: int = 0
+    library_pixel_size_um: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
@@ -55,6 +63,8 @@ class SynthConfig:
             raise ValueError(f"plankton_share must be within [0, 1], got {self.plankton_share}")
         if len(self.size) != 2 or min(self.size) < 16:
             raise ValueError(f"size must be (height, width), each >= 16 px, got {self.size}")
+        if self.organisms_split not in ("all", "train", "held_out"):
+            raise ValueError(f"organisms_split must be all, train or held_out, got {self.organisms_split!r}")
         if self.frame_rate_hz <= 0 or self.pixel_size_um <= 0:
             raise ValueError("frame_rate_hz and pixel_size_um must be > 0")
         start = self.start_time if self.start_time.tzinfo else self.start_time.replace(tzinfo=UTC)
@@ -62,6 +72,37 @@ class SynthConfig:
         # names carry milliseconds: keep the clock on whole milliseconds
         object.__setattr__(self, "start_time", start.replace(microsecond=start.microsecond // 1000 * 1000))
         object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
+
+    def pool(self):
+        """The organism pool of ``organisms`` (read once per process), or None."""
+        if self.organisms is None:
+            return None
+        from .organisms import load_pool
+
+        return load_pool(self.organisms, self.organisms_split, self.organisms_seed, self.organisms_held_out,
+                         self.pixel_size_um, self.library_pixel_size_um)
+
+    def categories(self) -> list[dict]:
+        """The COCO categories of the cruise's ground truth."""
+        from .categories import CATEGORIES, NON_PLANKTON_IDS
+
+        pool = self.pool()
+        if pool is None:
+            return [dict(c) for c in CATEGORIES]
+        from .organisms import composed_categories
+
+        return composed_categories(pool, [c for c in CATEGORIES if c["id"] in NON_PLANKTON_IDS])
+
+    def truth_category(self, spec) -> int:
+        """The ground-truth category id of a drawn object (ObjectSpec)."""
+        pool = self.pool()
+        if pool is None:
+            return spec.category_id
+        if spec.vignette >= 0:
+            return int(pool.taxon[spec.vignette]) + 1
+        from .categories import NAMES
+
+        return _category_ids(self)[NAMES[spec.category_id]]
 
     @property
     def height(self) -> int:
@@ -101,6 +142,11 @@ class SynthConfig:
     def frame_name(self, k: int) -> str:
         t = self.frame_time(k)
         return f"{self.instrument_name}_{t:%Y%m%d_%H%M%S}_{t.microsecond // 1000:03d}.png"
+
+
+@lru_cache(maxsize=8)
+def _category_ids(cfg: SynthConfig) -> dict[str, int]:
+    return {c["name"]: c["id"] for c in cfg.categories()}
 
 
 def iso_z(t: datetime, ms: bool = True) -> str:

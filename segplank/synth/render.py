@@ -95,8 +95,16 @@ def _texture_patch(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
 
 # --- one object ----------------------------------------------------------------------------
 
-def rasterise(spec: ObjectSpec, dark_on_bright: bool = True) -> Stamp | None:
-    """Draw one object in its own crop; None when nothing of it reaches the threshold."""
+def rasterise(spec: ObjectSpec, dark_on_bright: bool = True, pool=None) -> Stamp | None:
+    """Draw one object in its own crop; None when nothing of it reaches the threshold.
+
+    ``pool``: the cruise's organism pool, for objects that are a library's vignette."""
+    if spec.vignette >= 0:
+        from .organisms import stamp_arrays
+
+        x0, y0, alpha, mask = stamp_arrays(pool, spec.vignette, spec.cx, spec.cy, spec.size, spec.angle, spec.blur,
+                                           spec.contrast, spec.seed)
+        return _trim(x0, y0, alpha, mask)
     rng = np.random.Generator(np.random.PCG64(spec.seed))
     sk = Sketch(spec.cx, spec.cy, spec.angle)
     BUILDERS[spec.category_id](sk, rng, spec.size, spec.variant)
@@ -207,8 +215,9 @@ def render_frame(cfg: SynthConfig, k: int, *, with_background: bool = False,
     dark = cfg.polarity == "dark_on_bright"
     acc = np.zeros((h, w), np.float32)  # A = 1 - product of (1 - alpha)
     drawn: list[DrawnObject] = []
+    pool = cfg.pool()
     for spec in frame_objects(cfg, k, env):
-        stamp = rasterise(spec, dark)
+        stamp = rasterise(spec, dark, pool)
         if stamp is None:
             continue
         obj = _composite(acc, stamp, spec, row0, h, w)

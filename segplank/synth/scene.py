@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .categories import (BUBBLE, CONTRAST, DETRITUS, MAX_REACH_REF_PX, NON_PLANKTON_IDS,
+from .categories import (BUBBLE, CONTRAST, DETRITUS, LIBRARY, MAX_REACH_REF_PX, NON_PLANKTON_IDS,
                          NON_PLANKTON_MIX, PLANKTON_IDS, PLANKTON_MIX, reach_px, sample_sizes,
                          size_scale)
 from .environment import Environment
@@ -40,6 +40,8 @@ class ObjectSpec:
     blur: float  # Gaussian sigma of the edge, px (larger when out of focus)
     variant: int
     seed: int
+    vignette: int = -1  # index into the cruise's organism pool; -1: a drawn shape
+
 
     @property
     def reach(self) -> float:
@@ -104,9 +106,37 @@ def sample_owned(cfg: SynthConfig, k: int, env: Environment | None = None) -> li
     blur, contrast, angle, variant = _appearance(cats, sizes, rng)
     seeds = rng.integers(0, 2**63 - 1, n, dtype=np.int64)
     xy = _positions(cfg, k, sizes, n_pl, n_seam, rng)
-    return [ObjectSpec(f"{k}:{i}", int(cats[i]), float(xy[i, 0]), float(xy[i, 1]), float(sizes[i]),
-                       float(angle[i]), float(contrast[i]), float(blur[i]), int(variant[i]), int(seeds[i]))
-            for i in range(n)]
+    specs = [ObjectSpec(f"{k}:{i}", int(cats[i]), float(xy[i, 0]), float(xy[i, 1]), float(sizes[i]),
+                        float(angle[i]), float(contrast[i]), float(blur[i]), int(variant[i]), int(seeds[i]))
+             for i in range(n)]
+    pool = cfg.pool()
+    return specs if pool is None else _with_organisms(specs, pool, rng)
+
+
+def _with_organisms(specs: list[ObjectSpec], pool, rng: np.random.Generator) -> list[ObjectSpec]:
+    """Plankton and detritus become library organisms (living and non-living taxa, each
+    taxon equally likely): same place, turn, focus and seed; their size is the organism's own
+    at the instrument's pixel size, give or take SIZE_JITTER. Marine snow and bubbles stay drawn."""
+    from dataclasses import replace
+
+    from .organisms import SIZE_JITTER
+
+    living, dead = pool.by_living(True), pool.by_living(False)
+    if not living:
+        raise ValueError("the organism library holds no living taxon to draw as plankton")
+    diag = pool.diagonal
+    out = []
+    for s in specs:
+        groups = living if s.category_id in PLANKTON_IDS else dead if s.category_id == DETRITUS else None
+        if not groups:
+            out.append(s)
+            continue
+        members = groups[int(rng.integers(len(groups)))]
+        v = int(members[int(rng.integers(len(members)))])
+        strength = float(np.clip(s.contrast / CONTRAST[s.category_id][1], 0.5, 1.0))
+        out.append(replace(s, category_id=LIBRARY, vignette=v, size=float(diag[v] * rng.uniform(*SIZE_JITTER)),
+                           contrast=strength))
+    return out
 
 
 def _categories(cfg: SynthConfig, n: int, share: float, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
@@ -178,6 +208,11 @@ def neighbour_span(cfg: SynthConfig) -> int:
     if not cfg.line_scan:
         return 0
     reach = MAX_REACH_REF_PX * size_scale(cfg.pixel_size_um) + 3 * MAX_BLUR + 4
+    pool = cfg.pool()
+    if pool is not None:
+        from .organisms import SIZE_JITTER
+
+        reach = max(reach, 0.5 * float(pool.diagonal.max()) * SIZE_JITTER[1] + 3 * MAX_BLUR + 4)
     return int(math.ceil(reach / cfg.height))
 
 

@@ -263,8 +263,10 @@ def train_classifier_cmd(
         coco: Optional[list[Path]] = typer.Argument(None, help="COCO annotations of full frames (the checkpoint's class names)."),
         model: Optional[Path] = typer.Option(None, "--model", "-m", help="The detector checkpoint the classifier joins."),
         output: Path = typer.Option(Path("model.pt"), "-o", "--output", help="The checkpoint with its classifier."),
-        library: Optional[Path] = typer.Option(None, "--library", help="Train on a vignette library instead (a folder "
-                                               "per taxon, or an EcoTaxa export .zip/folder): a classifier of its taxa."),
+        library: Optional[Path] = typer.Option(None, "--library", help="A vignette library (a folder per taxon, or an "
+                                               "EcoTaxa export .zip/folder). Alone: a classifier of its taxa. With COCO "
+                                               "files and a plankton/non-plankton --model: its training split joins "
+                                               "the training vignettes and its taxa the classes."),
         held_out: float = typer.Option(0.2, "--held-out", min=0.0, max=0.9, help="With --library: share of each taxon "
                                        "kept out of training and scored (top-1, macro-F1, per level)."),
         pixel_size: Optional[float] = typer.Option(None, "--pixel-size", min=1e-3, help="With --library: µm per pixel of "
@@ -290,18 +292,18 @@ def train_classifier_cmd(
     from .config import ConfigError, load_config
     from .model.checkpoint import CheckpointError, load_checkpoint
     from .model.classifier import ClassifierConfig
+    from .library import LibraryError
     from .train_classifier import ClassifierTrainConfig, fit_classifier
     from .train_data import CocoError
 
-    if library is not None:
-        if coco or model is not None:
-            _fail("--library trains a classifier of the library's taxa on its own: pass no COCO file and no --model")
+    if library is not None and not coco and model is None:
         cfg = ClassifierTrainConfig(ClassifierConfig(size, width), iterations, batch_size, lr, seed=seed,
                                     threads=threads, class_power=0.5 if class_power is None else class_power)
         _train_library_classifier(library, output, cfg, held_out, pixel_size, None if all_statuses else ("validated",))
         return
     if not coco or model is None:
-        _fail("pass COCO annotation file(s) and --model (a detector checkpoint), or --library LIB")
+        _fail("pass COCO annotation file(s) and --model (a detector checkpoint), or --library LIB alone "
+              "(a classifier of the library's taxa)")
     for path in [*coco, *(val or [])]:
         if not path.is_file():
             _fail(f"{path}: annotation file not found")
@@ -310,21 +312,18 @@ def train_classifier_cmd(
         ckpt = load_checkpoint(model)
     except (ConfigError, CheckpointError) as e:
         _fail(str(e))
-    cfg = ClassifierTrainConfig(ClassifierConfig(size, width), iterations, batch_size, lr, seed=seed, threads=threads,
-                                class_power=class_power or 0.0)
+    from .train_classifier import names_taxa
+
+    taxa = names_taxa(ckpt)  # a plankton/non-plankton detector: the classifier names the taxa
+    cfg = ClassifierTrainConfig(ClassifierConfig(size, width, "plankton_first" if taxa else "flat"), iterations,
+                                batch_size, lr, seed=seed, threads=threads,
+                                class_power=(0.5 if taxa else 0.0) if class_power is None else class_power)
     with _progress() as progress:
-        tasks: dict[str, int] = {}
-
-        def on_step(stage: str, k: int, total: int, row: dict) -> None:
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(stage, total=total, info="")
-            info = f"loss {row['loss']:.3f}" if "loss" in row else f"{row['candidates']} candidates"
-            progress.update(tasks[stage], completed=k, info=info)
-
+        on_step = _stage_steps(progress)
         try:
             new = fit_classifier(ckpt, coco, output, val or (), cfg, pipeline, images, mine_frames, on_step,
-                                 vignettes)
-        except (ValueError, CocoError) as e:
+                                 vignettes, library, held_out, seed, pixel_size)
+        except (ValueError, CocoError, LibraryError) as e:
             progress.stop()
             _fail(str(e))
     t = new.classifier["trained_on"]
@@ -335,6 +334,20 @@ def train_classifier_cmd(
         out.print(f"  {name}: {a:.3f}")
 
 
+def _stage_steps(progress: Progress):
+    """A ``progress(stage, k, total, row)`` callback: one bar per stage (cut, mine, train...)."""
+    tasks: dict[str, int] = {}
+
+    def on_step(stage: str, k: int, total: int, row: dict) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=total, info="")
+        info = (f"loss {row['loss']:.3f}" if "loss" in row else
+                f"{row['candidates']} candidates" if "candidates" in row else f"{row.get('vignettes', k)} vignettes")
+        progress.update(tasks[stage], completed=k, info=info)
+
+    return on_step
+
+
 def _train_library_classifier(library: Path, output: Path, cfg, held_out: float, pixel_size: Optional[float],
                               statuses) -> None:
     from .library import LibraryError
@@ -342,14 +355,7 @@ def _train_library_classifier(library: Path, output: Path, cfg, held_out: float,
 
     report_dir = output.parent / f"{output.stem}_report"
     with _progress() as progress:
-        tasks: dict[str, int] = {}
-
-        def on_step(stage: str, k: int, total: int, row: dict) -> None:
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(stage, total=total, info="")
-            info = f"loss {row['loss']:.3f}" if "loss" in row else f"{row.get('vignettes', k)} vignettes"
-            progress.update(tasks[stage], completed=k, info=info)
-
+        on_step = _stage_steps(progress)
         try:
             clf = fit_library_classifier(library, output, cfg, held_out, cfg.seed, pixel_size, statuses, on_step,
                                          report_dir)

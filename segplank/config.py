@@ -64,6 +64,10 @@ class TilingConfig(_Section):
     fg_contrast: float = Field(12.0, gt=0)  # grey levels from the local background that count as foreground
     fg_min_pixels: int = Field(3, ge=1)  # foreground pixels (downsampled) that make a tile worth running
     downsample: int = Field(4, ge=1, le=16)  # foreground test resolution
+    # divide each frame's own illumination out (illumination.py) before the empty-tile test,
+    # the model and refinement: an area camera's corners fall to 60 % of its centre. None: on
+    # for area cameras (instrument.line_rate_hz unset); a line scan has stream.flat_field
+    illumination: bool | None = None
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> "TilingConfig":
@@ -202,6 +206,11 @@ class PipelineConfig(_Section):
         """Whether frames are stitched as one line stream: ``stream.enabled``, else whether the camera scans lines."""
         return self.stream.enabled if self.stream.enabled is not None else self.instrument.line_rate_hz is not None
 
+    @property
+    def area_illumination(self) -> bool:
+        """Whether each frame's illumination is divided out: ``tiling.illumination``, else whether the camera is an area camera."""
+        return self.tiling.illumination if self.tiling.illumination is not None else self.instrument.line_rate_hz is None
+
     def with_stream(self, enabled: bool) -> "PipelineConfig":
         """This config with ``stream.enabled`` settled: what a runner records as what it did."""
         return self.model_copy(update={"stream": self.stream.model_copy(update={"enabled": enabled})})
@@ -261,6 +270,9 @@ class TrainConfig(_Section):
     # max(1, sqrt(rfs_threshold / f_c)) times, f_c = class c's share of annotated objects),
     # class_uniform (every class equally often), none (each object once per epoch)
     sampling: Literal["repeat_factor", "class_uniform", "none"] = "repeat_factor"
+    # categories: the detector learns the annotation files' categories; plankton: two classes,
+    # plankton and non-plankton (by supercategory), for a vignette classifier to name the taxon
+    classes: Literal["categories", "plankton"] = "categories"
     rfs_threshold: float = Field(0.2, gt=0, le=1)
     augment: bool = True  # flips, 90° turns, mild brightness/contrast/gamma, slight blur and noise
     val_every: int = Field(500, ge=1)  # iterations between validations (val loss, mask AP): an "epoch"

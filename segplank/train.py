@@ -106,10 +106,11 @@ def train(cfg: TrainConfig, train_coco: Path | Sequence[Path], out: Path, image_
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu")
     train_paths, val_paths = _paths(train_coco), _paths(val_coco)
-    frames, classes, categories = load_coco_frames(train_paths, image_root, polarity)
+    by_plankton = cfg.classes == "plankton"
+    frames, classes, categories = load_coco_frames(train_paths, image_root, polarity, by_plankton=by_plankton)
     sampler = ChipSampler(frames, cfg.chip_size, len(classes), cfg.seed, cfg.background_chip_share,
                           cfg.sampling, cfg.rfs_threshold, cfg.augment)
-    val = _val_set(val_paths, classes, polarity, cfg.chip_size, frames) if val_paths else None
+    val = _val_set(val_paths, classes, polarity, cfg.chip_size, frames, by_plankton) if val_paths else None
     model = _model(cfg, classes, init_ckpt).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
@@ -173,9 +174,10 @@ def _load_init(model: nn.Module, start: Checkpoint, classes: ClassMap) -> None:
     """
     weights = {k: v.float() if v.is_floating_point() else v for k, v in start.state_dict.items()}
     try:
-        if start.classes.names != classes.names:
-            weights = adapt_heads(weights, model.state_dict(), start.classes.names, classes.names)
-            shared = [n for n in classes.names if n in start.classes.names]
+        start_names = start.network_classes.names
+        if start_names != classes.names:
+            weights = adapt_heads(weights, model.state_dict(), start_names, classes.names)
+            shared = [n for n in classes.names if n in start_names]
             log.warning("--init checkpoint: its classes differ from the training set's; the class heads keep the "
                         "rows of %d shared class(es) and start afresh for %s", len(shared),
                         [n for n in classes.names if n not in shared] or "none")
@@ -244,8 +246,8 @@ class ValSet:
 
 
 def _val_set(paths: list[Path], classes: ClassMap, polarity: Polarity, chip: int,
-             train_frames: list[TrainFrame]) -> ValSet:
-    frames, _, _ = load_coco_frames(paths, None, polarity, classes=classes)
+             train_frames: list[TrainFrame], by_plankton: bool = False) -> ValSet:
+    frames, _, _ = load_coco_frames(paths, None, polarity, classes=classes, by_plankton=by_plankton)
     if not any(fr.annotations for fr in frames):
         raise CocoError(f"{', '.join(map(str, paths))}: the validation set holds no annotated object")
     shared = {fr.path for fr in frames} & {fr.path for fr in train_frames}

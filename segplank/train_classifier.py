@@ -17,6 +17,7 @@ detector, so a classifier can be retrained on new annotations without touching t
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -95,9 +96,9 @@ class VignetteCache:
     """
 
     def __init__(self, path: Path | None, ckpt: Checkpoint, paths: Sequence[Path], size: int,
-                 pipeline: PipelineConfig, mine_frames: int | None) -> None:
+                 pipeline: PipelineConfig, mine_frames: int | None, extra: str = "") -> None:
         self.path = path
-        h = hashlib.sha256()
+        h = hashlib.sha256(extra.encode())
         for name, t in sorted(ckpt.state_dict.items()):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
@@ -263,23 +264,47 @@ def accuracy(net: VignetteNet, cfg: ClassifierConfig, data: VignetteSet, n_class
             "val_vignettes": int(len(data.labels))}
 
 
+def names_taxa(ckpt: Checkpoint) -> bool:
+    """Whether the classifier of ``ckpt`` names classes of its own: the detector finds only
+    plankton and non-plankton (train config ``classes: plankton``)."""
+    from .train_data import PLANKTON_CLASSES
+
+    return ckpt.detector_classes is not None or ckpt.classes.names == tuple(c["name"] for c in PLANKTON_CLASSES)
+
+
 def fit_classifier(ckpt: Checkpoint, train_coco: Sequence[Path], out: Path, val_coco: Sequence[Path] = (),
                    cfg: ClassifierTrainConfig = ClassifierTrainConfig(), pipeline: PipelineConfig = PipelineConfig(),
                    image_root: Path | None = None, mine_frames: int | None = None,
                    progress: Callable[[str, int, int, dict], None] | None = None,
-                   cache: Path | None = None) -> Checkpoint:
+                   cache: Path | None = None, library: Path | None = None, library_held_out: float = 0.2,
+                   library_seed: int = 0, library_pixel_size_um: float | None = None) -> Checkpoint:
     """``ckpt`` with a classifier trained on ``train_coco`` (its classes, matched by name), saved at ``out``.
 
     The detector's candidates are mined on the first ``mine_frames`` training frames (all when
     None, none when 0); validation vignettes are the detector's candidates on the val frames,
     so the accuracy reported is the one inference meets. ``cache``: an .npz where the cut
     vignettes are kept, so a second run with other training settings skips the mining.
+
+    With a plankton/non-plankton detector (``names_taxa``) the classifier's classes are the
+    annotation files' categories and the taxa of ``library`` (a vignette library whose
+    training split, ``library_held_out`` of each taxon kept out with ``library_seed``, joins
+    the training vignettes): the new checkpoint's classes, its detector's kept beside them.
     """
     torch.set_num_threads(cfg.threads)  # mining runs the detector too
-    classes: ClassMap = ckpt.classes
     polarity, measure, px = pipeline.instrument.polarity, pipeline.measure, pipeline.instrument.pixel_size_um
+    own = names_taxa(ckpt)
+    lib = None
+    if library is not None:
+        if not own:
+            raise ValueError("a library trains the classifier of a plankton/non-plankton detector (train config "
+                             "`classes: plankton`); this detector names classes of its own")
+        from .library import open_library
+
+        lib = open_library(Path(library), pixel_size_um=library_pixel_size_um)
+    classes: ClassMap = _taxa_classes(train_coco, image_root, polarity, lib) if own else ckpt.classes
     step = (lambda stage, total: (lambda k, row: progress(stage, k, total, row))) if progress else (lambda *_: None)
-    store = VignetteCache(cache, ckpt, [*train_coco, *val_coco], cfg.net.size, pipeline, mine_frames)
+    store = VignetteCache(cache, ckpt, [*train_coco, *val_coco], cfg.net.size, pipeline, mine_frames,
+                          extra=f"{lib.digest()}:{library_held_out}:{library_seed}:{classes.names}" if lib else "")
     cached = store.load()
     if cached is not None:
         train, val, mined_count = cached
@@ -287,6 +312,10 @@ def fit_classifier(ckpt: Checkpoint, train_coco: Sequence[Path], out: Path, val_
     else:
         frames, _, _ = load_coco_frames(list(train_coco), image_root, polarity, classes=classes)
         parts = [vignette_set(frames, polarity, measure, cfg.net.size, px)]
+        if lib is not None:
+            items = [it for it in lib.split(library_held_out, library_seed)[0] if it.taxon]
+            labels = {n: k + 1 for k, n in enumerate(classes.names)}
+            parts.append(library_vignette_set(lib, items, labels, cfg.net.size, px, step("library", len(items)))[0])
         mined = frames[:mine_frames] if mine_frames is not None else frames
         if mined:
             parts.append(mine(ckpt, mined, pipeline, cfg.net.size, px, step("mine", len(mined))))
@@ -304,10 +333,36 @@ def fit_classifier(ckpt: Checkpoint, train_coco: Sequence[Path], out: Path, val_
     metrics["mined_frames"] = mined_count
     trained = {"train": [str(p) for p in train_coco], "val": [str(p) for p in val_coco] or None,
                "config": {**cfg.net.to_dict(), "iterations": cfg.iterations, "batch_size": cfg.batch_size,
-                          "lr": cfg.lr, "seed": cfg.seed, "pixel_size_um": px}, **metrics}
+                          "lr": cfg.lr, "seed": cfg.seed, "pixel_size_um": px, "class_power": cfg.class_power},
+               **({"library": str(library), "library_held_out": library_held_out, "library_seed": library_seed}
+                  if library is not None else {}), **metrics}
+    if lib is not None:
+        lib.close()
     new = ckpt.with_classifier(cfg.net, net.state_dict(), trained)
+    if own:
+        new = dataclasses.replace(new, classes=classes, detector_classes=ckpt.network_classes)
     new.save(out)
     return new
+
+
+def _taxa_classes(train_coco: Sequence[Path], image_root: Path | None, polarity: Polarity,
+                  lib: "VignetteLibrary | None") -> ClassMap:
+    """The annotation files' categories, then the library's taxa they lack (plankton when living)."""
+    import json as _json
+
+    from .train_data import _merge_categories, _Report
+
+    docs = [_json.loads(Path(p).read_text(encoding="utf-8")) for p in train_coco]
+    report = _Report()
+    categories, _ = _merge_categories([Path(p) for p in train_coco], docs, None, report)
+    report.raise_errors()
+    base = ClassMap.from_coco_categories(categories)
+    names, plankton = list(base.names), list(base.is_plankton)
+    for name in (lib.taxon_names if lib is not None else []):
+        if name not in names:
+            names.append(name)
+            plankton.append(lib.taxa[name].living)
+    return ClassMap(tuple(names), tuple(plankton))
 
 
 # --- from a vignette library ---------------------------------------------------------------

@@ -189,19 +189,32 @@ REPAIR_CROWD = "iscrowd annotation(s) used as ignore regions (painted with the b
 REPAIR_DUPLICATE = "exact duplicate entries (same id, same content) dropped"
 
 
+PLANKTON_CLASSES = [{"id": 1, "name": "plankton", "supercategory": "plankton"},
+                    {"id": 2, "name": "non-plankton", "supercategory": "non-plankton"}]
+
+
 def load_coco_frames(coco_paths: Path | Sequence[Path], image_root: Path | None, polarity: Polarity,
-                     classes: ClassMap | None = None) -> tuple[list[TrainFrame], ClassMap, list[dict]]:
+                     classes: ClassMap | None = None,
+                     by_plankton: bool = False) -> tuple[list[TrainFrame], ClassMap, list[dict]]:
     """Frames with cropped masks from one or several COCO files, checked and merged.
 
     Model labels follow the first file's category ids in sorted order, then categories
     new in later files (matched by name). With ``classes`` (a validation set) labels follow
-    those names and a category outside them is an error.
+    those names and a category outside them is an error. ``by_plankton``: every category is
+    one of two classes, plankton or non-plankton (PLANKTON_CLASSES), by its supercategory: a
+    detector that finds organisms for a vignette classifier to name.
     """
     paths = [Path(coco_paths)] if isinstance(coco_paths, (str, Path)) else [Path(p) for p in coco_paths]
     report = _Report()
     docs = [_read_json(p, report) for p in paths]
     report.raise_errors()
-    categories, label_of = _merge_categories(paths, docs, classes, report)
+    if by_plankton:
+        fine, fine_label_of = _merge_categories(paths, docs, None, report)
+        coarse = [1 if _plankton_flag(c) else 2 for c in fine]
+        categories, label_of = list(PLANKTON_CLASSES), [{k: coarse[v - 1] for k, v in m.items()} for m in fine_label_of]
+        classes = classes or ClassMap.from_coco_categories(categories)
+    else:
+        categories, label_of = _merge_categories(paths, docs, classes, report)
     pending: list[_Pending] = []
     seen: dict[Path, str] = {}
     for p, doc, labels in zip(paths, docs, label_of):

@@ -85,7 +85,7 @@ def test_train_from_a_library_then_classify_a_folder(library, tmp_path):
 
 def test_library_and_coco_are_not_mixed(library, tmp_path):
     r = CliRunner().invoke(app, ["train-classifier", "x.json", "--library", str(library)])
-    assert r.exit_code == 2 and "--library trains a classifier" in _text(r)
+    assert r.exit_code == 2 and "and --model (a detector checkpoint)" in _text(r)
     r = CliRunner().invoke(app, ["classify", str(library), "--model", str(tmp_path / "none.pt")])
     assert r.exit_code == 2 and "classifier file not found" in _text(r)
 

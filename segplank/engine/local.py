@@ -114,6 +114,8 @@ def resolve_device(name: str) -> torch.device:
 FRAME_SCHEMA = pa.schema([("frame_path", pa.string()), ("frame_index", pa.int64()), ("shard", pa.int32()),
                           ("time", pa.timestamp("us", tz="UTC")), ("tiles", pa.int32()), ("tiles_run", pa.int32()),
                           ("objects_written", pa.int32()), ("counts", pa.string()),
+                          # refined into no organism (spanning the frame, background-level grey)
+                          ("rejected", pa.int32()),
                           ("lat", pa.float64()), ("lon", pa.float64()), ("depth_m", pa.float64()),
                           # line stream with stream.flat_field: the flat-field state the frame started
                           # from (``ColumnFlatField.to_bytes``), what a resumed run restores; null otherwise
@@ -129,13 +131,18 @@ class Stages:
     post: Postprocessor
 
 
+def build_tiler(cfg: PipelineConfig) -> Tiler:
+    """The frame → tiles stage of a config (every engine builds it here)."""
+    return Tiler(cfg.tiling, cfg.instrument.polarity, cfg.detector.component_proposals, cfg.area_illumination)
+
+
 def build_stages(cfg: PipelineConfig, ckpt: Checkpoint, device: torch.device, candidates: bool = False) -> Stages:
     """The per-frame stages for a config and checkpoint: one model, loaded once, on ``device``.
 
     ``candidates``: the detector passes every candidate (as for a classifier), and none is
     classified: what a vignette classifier is trained on.
     """
-    classes = ckpt.classes
+    classes = ckpt.network_classes
     det = cfg.detector
     model_cfg = ckpt.model_config.model_copy(update={
         k: v for k, v in {"rpn_post_nms_top_n": det.proposals_per_tile,
@@ -143,6 +150,9 @@ def build_stages(cfg: PipelineConfig, ckpt: Checkpoint, device: torch.device, ca
     model = ckpt.replace_config(model_cfg).build(device, tile_size=cfg.tiling.tile_size)
     amp = {"auto": None, "fp32": False, "bf16": True}[det.precision]
     classifier = ckpt.build_classifier(device) if det.vignette_classifier and not candidates else None
+    if ckpt.detector_classes is not None and classifier is None and not candidates:
+        raise RunError("this model's detector finds plankton and non-plankton only, and its vignette classifier "
+                       "names them: leave detector.vignette_classifier on")
     # with a classifier the box head only proposes candidates: the thresholds apply to its names
     thresholds = (np.r_[1.0, np.full(len(classes), det.candidate_score)].astype(np.float32)
                   if classifier or candidates else classes.threshold_array(cfg.filter.score_threshold))
@@ -154,10 +164,10 @@ def build_stages(cfg: PipelineConfig, ckpt: Checkpoint, device: torch.device, ca
     predictor = TilePredictor(model, classes, device, thresholds, masks_for_non_plankton=masks_for_non_plankton,
                               batch_size=det.batch_tiles,
                               amp=amp)
-    return Stages(Tiler(cfg.tiling, cfg.instrument.polarity, det.component_proposals),
-                  FrameDetector(predictor, cfg.stitch),
-                  Postprocessor(classes, cfg.filter, cfg.measure, cfg.instrument.polarity, classifier,
-                                candidates=bool(classifier) or candidates))
+    return Stages(build_tiler(cfg),
+                  FrameDetector(predictor, cfg.stitch, ckpt.label_map()),
+                  Postprocessor(ckpt.classes, cfg.filter, cfg.measure, cfg.instrument.polarity, classifier,
+                                candidates=bool(classifier) or candidates, even_illumination=cfg.area_illumination))
 
 
 @dataclass
@@ -470,6 +480,7 @@ class LocalRunner(RunnerBase):
             c.per_class += np.bincount(d.labels, minlength=n_classes) + part.per_class  # + renamings
             c.too_small, c.too_large = c.too_small + part.too_small, c.too_large + part.too_large
             c.duplicates += part.duplicates
+            c.rejected += part.rejected
             return kept, cols
 
         # flat-fielding runs frame after frame in this process (its state is sequential): the
@@ -701,7 +712,7 @@ def _frame_row(rel: str, tf, counts, names: list[str], shard: int, pos: Position
     per = {names[k]: int(n) for k, n in enumerate(counts.per_class[1:]) if n}
     return {"frame_path": rel, "frame_index": tf.frame.index, "shard": shard, "time": tf.frame.timestamp,
             "tiles": len(tf.windows), "tiles_run": len(tf.run), "objects_written": counts.written,
-            "counts": json.dumps(per), "lat": float(pos.lat[0]), "lon": float(pos.lon[0]),
+            "counts": json.dumps(per), "rejected": counts.rejected, "lat": float(pos.lat[0]), "lon": float(pos.lon[0]),
             "depth_m": float(pos.depth_m[0])}
 
 

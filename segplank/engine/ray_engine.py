@@ -37,7 +37,7 @@ from ..geo import Locator
 from ..model.checkpoint import Checkpoint, load_checkpoint
 from ..structures import FrameInfo
 from .local import (FrameOutput, FrameSummary, RowMaker, RunError, RunnerBase, RunPlan, RunStats, _ShardBuffer,
-                    _timed, build_stages)
+                    _timed, build_stages, build_tiler)
 from .prefetch import Decoded, decode_and_tile
 from .stages import Tiler
 
@@ -134,7 +134,7 @@ class RayRunner(RunnerBase):
         cfg = self.cfg
         records = frame_records(plan.todo)
         blocks = [records.slice(i, self.frames_per_block) for i in range(0, records.num_rows, self.frames_per_block)]
-        tiler = Tiler(cfg.tiling, cfg.instrument.polarity, cfg.detector.component_proposals)
+        tiler = build_tiler(cfg)
         threads = max(1, int(round(self.actor_cpus)))
         ds = ray.data.from_arrow(blocks)
         # on CPUs the decode tasks ask what the actors ask, so Ray fuses them into the actors

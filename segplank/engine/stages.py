@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from torchvision.ops import boxes as box_ops
 from ..config import FilterConfig, MeasureConfig, Polarity, StitchConfig, TilingConfig
+from ..illumination import correct_illumination
 from ..measure import measure
 from ..model.checkpoint import ClassMap
-from ..model.classifier import VignetteClassifier
+from ..model.classifier import VignetteClassifier, decide
 from ..model.predict import TilePredictor
 from ..refine import refine_masks, split_touching
 from ..stitch import Stitcher
@@ -35,10 +36,12 @@ class TiledFrame:
 class Tiler:
     """Frame → tiles worth running (the empty-tile test) as model input."""
 
-    def __init__(self, cfg: TilingConfig, polarity: Polarity, component_proposals: bool = False) -> None:
+    def __init__(self, cfg: TilingConfig, polarity: Polarity, component_proposals: bool = False,
+                 illumination: bool = False) -> None:
         self.cfg = cfg
         self.polarity = polarity
         self.component_proposals = component_proposals
+        self.illumination = illumination  # divide the frame's illumination out first (area cameras)
 
     def __call__(self, frame: FrameInfo, image: np.ndarray) -> TiledFrame:
         return self.crop(self.plan(frame, image))
@@ -50,6 +53,8 @@ class Tiler:
         processes (Ray) than its float32 tiles, which ``crop`` makes where the model runs.
         """
         c = self.cfg
+        if self.illumination:  # every later stage sees the evenly lit frame
+            image = correct_illumination(image, self.polarity)
         h, w = image.shape
         windows = tile_grid(h, w, c.tile_size, c.overlap)
         fg = (foreground_map(image, self.polarity, c.fg_contrast, c.downsample)
@@ -83,6 +88,7 @@ class FrameCounts:
     too_small: int = 0
     too_large: int = 0
     duplicates: int = 0  # parts of organisms that refinement showed to be one
+    rejected: int = 0  # refined into no organism: spanning the frame, or background-level grey
     tiles: int = 0
     tiles_run: int = 0
     capped_tiles: int = 0
@@ -98,8 +104,11 @@ class Postprocessor:
 
     def __init__(self, classes: ClassMap, filter_cfg: FilterConfig, measure_cfg: MeasureConfig,
                  polarity: Polarity, classifier: VignetteClassifier | None = None,
-                 candidates: bool | None = None) -> None:
+                 candidates: bool | None = None, even_illumination: bool = False) -> None:
         self.classes = classes
+        # frames come evenly lit (illumination divided out): their median grey is the
+        # background everywhere, what a mask of background-level grey is judged against
+        self.even_illumination = even_illumination
         self.filter = filter_cfg
         self.measure_cfg = measure_cfg
         self.polarity = polarity
@@ -107,6 +116,8 @@ class Postprocessor:
         # every detection is a candidate to name (with a classifier, or to train one on)
         self.candidates = classifier is not None if candidates is None else candidates
         self._plankton = np.array([False, *classes.is_plankton])
+        cfg = getattr(classifier, "cfg", None)
+        self.decision = cfg.decision if cfg is not None else "flat"  # how the classifier's probabilities name an object
         self._thresholds = classes.threshold_array(filter_cfg.score_threshold)
 
     def __call__(self, dets: Detections, image: np.ndarray) -> tuple[Detections, dict[str, np.ndarray], FrameCounts]:
@@ -134,6 +145,7 @@ class Postprocessor:
         if self.classifier is not None:  # the classifier's names replace the box head's in the counts
             counts.per_class = counts.per_class - np.bincount(d.labels, minlength=len(self.classes) + 1)
         d = self.refine(d, image, counts)
+        d = self._reject_no_organism(d, image, counts)
         px = d.frame.pixel_size_um if d.frame else 1.0
         if self.classifier is not None:
             d = self._classify(d, image, px, counts)
@@ -177,6 +189,21 @@ class Postprocessor:
             d = self._drop_duplicates(d, np.flatnonzero(grow), counts)
         return d
 
+    def _reject_no_organism(self, d: Detections, image: np.ndarray, counts: FrameCounts) -> Detections:
+        """Refined masks that are no organism, counted: one spanning most of the frame (a
+        brightness gradient followed by refinement) or, on an evenly lit frame, one whose
+        grey is on average within half ``refine_contrast`` of the background."""
+        if not len(d):
+            return d
+        h, w = image.shape
+        bw, bh = d.boxes[:, 2] - d.boxes[:, 0], d.boxes[:, 3] - d.boxes[:, 1]
+        bad = (bw >= SPANNING_SHARE * w) | (bh >= SPANNING_SHARE * h)
+        if self.even_illumination:
+            scale = 257.0 if image.dtype == np.uint16 else 1.0
+            bad |= mask_contrast(d.masks, image, self.polarity) < 0.5 * self.measure_cfg.refine_contrast * scale
+        counts.rejected += int(bad.sum())
+        return d[np.flatnonzero(~bad)]
+
     def _classify(self, d: Detections, image: np.ndarray, px: float, counts: FrameCounts) -> Detections:
         """Candidates renamed and rescored by the classifier; non-objects, duplicates, non-plankton and weak ones dropped.
 
@@ -187,8 +214,8 @@ class Postprocessor:
         """
         if len(d):
             probs = self.classifier(image, d.masks, self.polarity, px)
-            labels = probs.argmax(1).astype(np.int64)
-            d = d.replace(labels=labels, scores=probs[np.arange(len(d)), labels].astype(np.float32))
+            labels, scores = decide(probs, self._plankton, self.decision)
+            d = d.replace(labels=labels, scores=scores)
             d = d[np.flatnonzero(labels > 0)]
         keep = self.distinct(d)
         counts.duplicates += len(d) - len(keep)
@@ -241,6 +268,29 @@ class Postprocessor:
         return d[np.setdiff1d(np.arange(len(d)), drop)]
 
 
+SPANNING_SHARE = 0.9  # a refined mask this share of the frame's width or height across is no organism
+
+
+def mask_contrast(masks: CroppedMasks, image: np.ndarray, polarity: Polarity) -> np.ndarray:
+    """(N,) mean grey levels by which each mask stands out from the frame's median (its
+    background on an evenly lit frame), positive for the camera's object polarity."""
+    step = max(1, image.size // 65536)
+    background = float(np.median(image.reshape(-1)[::step]))
+    out = np.zeros(len(masks), np.float64)
+    h, w = image.shape
+    for i, (bitmap, (ox, oy)) in enumerate(zip(masks.bitmaps, masks.origins)):
+        x0, y0 = max(int(ox), 0), max(int(oy), 0)
+        x1, y1 = min(int(ox) + bitmap.shape[1], w), min(int(oy) + bitmap.shape[0], h)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        m = bitmap[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+        if not m.any():
+            continue
+        mean = float(image[y0:y1, x0:x1][m].mean())
+        out[i] = background - mean if polarity == "dark_on_bright" else mean - background
+    return out
+
+
 def _shared(masks: CroppedMasks, i: int, j: int) -> int:
     """Pixels that cropped masks ``i`` and ``j`` both hold."""
     (xi, yi), (xj, yj) = masks.origins[i], masks.origins[j]
@@ -255,8 +305,10 @@ def _shared(masks: CroppedMasks, i: int, j: int) -> int:
 class FrameDetector:
     """Tiled frame → stitched frame detections, on the model's device."""
 
-    def __init__(self, predictor: TilePredictor, stitch_cfg: StitchConfig) -> None:
+    def __init__(self, predictor: TilePredictor, stitch_cfg: StitchConfig, label_map: np.ndarray | None = None) -> None:
         self.predictor = predictor
+        # a plankton/non-plankton detector's labels as classes of the checkpoint (Checkpoint.label_map)
+        self.label_map = None if label_map is None else torch.as_tensor(label_map)
         self.stitcher = Stitcher(match_iou=stitch_cfg.match_iou, duplicate_iou=stitch_cfg.duplicate_iou,
                                  mask_size=stitch_cfg.mask_size,
                                  batch_pairs=stitch_cfg.batch_pairs)
@@ -271,6 +323,9 @@ class FrameDetector:
         tile_dets = self.predictor(tf.tiles, tf.proposals) if len(tf.run) else []
         t1 = time.perf_counter()
         dets = self.stitcher(tile_dets, tf.windows, tf.run, frame=tf.frame)
+        if self.label_map is not None:
+            labels = torch.as_tensor(dets.labels)
+            dets = dets.replace(labels=self.label_map.to(labels.device)[labels].to(labels.dtype))
         if clock is not None:
             clock["model"] = clock.get("model", 0.0) + t1 - t0
             clock["stitch"] = clock.get("stitch", 0.0) + time.perf_counter() - t1

@@ -102,6 +102,28 @@ class Checkpoint:
     demo: bool = False
     # the vignette classifier (model/classifier.py), when trained: {"config", "state_dict", "trained_on"}
     classifier: dict[str, Any] | None = None
+    # the network's own classes when they are not ``classes``: a detector of plankton and
+    # non-plankton (train config ``classes: plankton``) whose vignette classifier names each
+    # object's taxon among ``classes``
+    detector_classes: ClassMap | None = None
+
+    @property
+    def network_classes(self) -> ClassMap:
+        """The classes the network's box and mask heads predict."""
+        return self.detector_classes or self.classes
+
+    def label_map(self) -> np.ndarray | None:
+        """(Kd + 1,) int64: each network label as one of ``classes`` with its plankton flag
+        (the classifier renames it), or None when the network predicts ``classes`` itself."""
+        if self.detector_classes is None:
+            return None
+        first = {flag: self.classes.is_plankton.index(flag) + 1 for flag in (True, False)
+                 if flag in self.classes.is_plankton}
+        try:
+            return np.array([0, *(first[p] for p in self.detector_classes.is_plankton)], np.int64)
+        except KeyError:
+            raise CheckpointError("the detector finds a kind of object (plankton or non-plankton) that none of the "
+                                  "classifier's classes is; retrain the classifier with both") from None
 
     def with_classifier(self, cfg: "ClassifierConfig", state_dict: dict[str, torch.Tensor],
                         trained_on: dict[str, Any]) -> "Checkpoint":
@@ -137,7 +159,7 @@ class Checkpoint:
     def build(self, device: torch.device | str = "cpu", tile_size: int | None = None) -> nn.Module:
         """The network, ready for inference on tiles of ``tile_size`` (never resized)."""
         cfg = self.model_config if tile_size is None else self.model_config.model_copy(update={"tile_size": tile_size})
-        model = build_model(cfg, len(self.classes), pretrained=False)  # the weights come from the checkpoint
+        model = build_model(cfg, len(self.network_classes), pretrained=False)  # the weights come from the checkpoint
         try:
             model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()})
         except RuntimeError as e:
@@ -158,6 +180,7 @@ class Checkpoint:
             "created": self.created, "model_config": self.model_config.model_dump(mode="json"),
             "classes": self.classes.to_dict(), "trained_on": self.trained_on, "metrics": self.metrics,
             "demo": self.demo, "state_dict": sd, "classifier": classifier,
+            "detector_classes": None if self.detector_classes is None else self.detector_classes.to_dict(),
         }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,13 +215,17 @@ def load_checkpoint(path: Path) -> Checkpoint:
             created=payload.get("created", ""),
             demo=bool(payload.get("demo", False)),
             classifier=payload.get("classifier"),
+            detector_classes=ClassMap.from_dict(payload["detector_classes"]) if payload.get("detector_classes") else None,
         )
     except Exception as e:
         raise CheckpointError(f"{path}: checkpoint is incomplete or damaged ({type(e).__name__}: {str(e).splitlines()[0]}); {fix}") from None
     n_out = ckpt.state_dict.get("roi_heads.box_predictor.cls_score.weight")
-    if n_out is not None and n_out.shape[0] != len(ckpt.classes) + 1:
+    if n_out is not None and n_out.shape[0] != len(ckpt.network_classes) + 1:
         raise CheckpointError(f"{path}: the weights predict {n_out.shape[0] - 1} classes but the checkpoint lists "
-                              f"{len(ckpt.classes)}; the file was edited or mixed up, retrain or re-export it")
+                              f"{len(ckpt.network_classes)}; the file was edited or mixed up, retrain or re-export it")
+    if ckpt.detector_classes is not None and ckpt.classifier is None:
+        raise CheckpointError(f"{path}: a plankton/non-plankton detector without the vignette classifier that names "
+                              "its objects; train one with `segplank train-classifier`")
     return ckpt
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -39,13 +40,32 @@ class ClassifierConfig:
 
     size: int = 48
     width: int = 24
+    # flat: an object is its most probable class; plankton_first: first whether it is an
+    # object, plankton or not (each the sum of its classes' probabilities), then which of
+    # that side's classes. With a hundred taxa, the probability of plankton is spread over
+    # many of them: no one taxon's would pass a threshold, their sum does.
+    decision: Literal["flat", "plankton_first"] = "flat"
 
     def to_dict(self) -> dict:
-        return {"size": self.size, "width": self.width}
+        return {"size": self.size, "width": self.width, "decision": self.decision}
 
     @staticmethod
     def from_dict(d: dict) -> "ClassifierConfig":
-        return ClassifierConfig(int(d["size"]), int(d["width"]))
+        return ClassifierConfig(int(d["size"]), int(d["width"]), d.get("decision", "flat"))
+
+
+def decide(probs: np.ndarray, plankton: np.ndarray, decision: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) from (N, K + 1) probabilities (0: not an object); ``plankton``: (K + 1,) flags."""
+    if decision == "flat" or not len(probs):
+        labels = probs.argmax(1).astype(np.int64)
+        return labels, probs[np.arange(len(probs)), labels].astype(np.float32)
+    sides = np.stack([probs[:, 0], probs[:, plankton].sum(1), probs[:, 1:][:, ~plankton[1:]].sum(1)], 1)
+    side = sides.argmax(1)
+    within = np.where(plankton[None, :], probs, -1.0)
+    within_non = np.where(~plankton[None, :], probs, -1.0)
+    within_non[:, 0] = -1.0
+    labels = np.where(side == 1, within.argmax(1), np.where(side == 2, within_non.argmax(1), 0)).astype(np.int64)
+    return labels, sides[np.arange(len(probs)), side].astype(np.float32)
 
 
 def _block(cin: int, cout: int) -> list[nn.Module]:

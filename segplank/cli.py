@@ -51,7 +51,9 @@ def main_callback(version: bool = typer.Option(False, "--version", callback=_ver
 def synth(out_dir: Path = typer.Argument(..., help="Folder to write the synthetic cruise into."),
           frames: int = typer.Option(10, "--frames", "-n", min=0, help="Number of frames."),
           seed: int = typer.Option(0, help="Random seed: the same seed gives byte-identical files."),
-          preset: str = typer.Option("isiis", help="isiis (dark objects on bright) or uvp (lit objects on dark)."),
+          preset: str = typer.Option("isiis", help="isiis (a line-scan shadowgraph: dark objects on bright), uvp "
+                                     "(lit objects on dark) or cfe (an area-camera shadowgraph: strong vignetting, "
+                                     "gain drift, JPEG frames)."),
           density: str = typer.Option("mixed", help="sparse, mixed or dense (1,000-2,500 objects per 2048² frame)."),
           plankton_share: Optional[float] = typer.Option(None, min=0, max=1, help="Share of plankton among objects."),
           size: int = typer.Option(2048, min=64, help="Frame height and width in pixels."),
@@ -69,15 +71,20 @@ def synth(out_dir: Path = typer.Argument(..., help="Folder to write the syntheti
           organisms_seed: int = typer.Option(0, min=0, help="With --organisms: the seed of that split."),
           library_pixel_size: Optional[float] = typer.Option(None, min=1e-3, help="With --organisms: µm per pixel of "
                                                              "its vignettes where it states none (default: the "
-                                                             "cruise's, drawn 1:1).")) -> None:
+                                                             "cruise's, drawn 1:1)."),
+          backgrounds: Optional[Path] = typer.Option(None, "--backgrounds", help="A folder of your own frames drawn "
+                                                     "behind the objects; their own objects become ignore (iscrowd) "
+                                                     "regions of the ground truth.")) -> None:
     """Write a synthetic ISIIS/UVP cruise with exact COCO ground truth, navigation and CTD."""
     from .library import LibraryError
     from .synth import make_cruise
 
     if line_scan and preset != "isiis":
         _fail(f"--line-scan is the isiis preset; --preset {preset} takes snapshots, not a line stream")
-    if preset not in ("isiis", "uvp"):
-        _fail(f"--preset {preset!r}: choose isiis or uvp")
+    if preset not in ("isiis", "uvp", "cfe"):
+        _fail(f"--preset {preset!r}: choose isiis, uvp or cfe")
+    if backgrounds is not None and not backgrounds.is_dir():
+        _fail(f"--backgrounds {backgrounds}: not a folder of frames")
     if density not in ("sparse", "mixed", "dense"):
         _fail(f"--density {density!r}: choose sparse, mixed or dense")
     if organisms_split not in ("all", "train", "held_out"):
@@ -86,7 +93,7 @@ def synth(out_dir: Path = typer.Argument(..., help="Folder to write the syntheti
         summary = make_cruise(out_dir, frames, seed, preset=preset, density=density, plankton_share=plankton_share,
                               size=(size, size), workers=workers, frame_rate_hz=frame_rate, avi=avi,
                               organisms=organisms, organisms_split=organisms_split, organisms_seed=organisms_seed,
-                              library_pixel_size_um=library_pixel_size)
+                              library_pixel_size_um=library_pixel_size, backgrounds=backgrounds)
     except (FileExistsError, ValueError, LibraryError) as e:
         _fail(str(e))
     out.print(str(summary))

@@ -107,3 +107,40 @@ def test_a_library_without_living_taxa_is_one_error(tmp_path):
     with pytest.raises(ValueError, match="no living taxon"):
         render_frame(SynthConfig(seed=1, n_frames=1, size=(128, 128), plankton_share=1.0,
                                  organisms=str(tmp_path / "lib")), 0)
+
+
+def test_area_camera_frames_are_vignetted_jpegs(tmp_path):
+    cfg = SynthConfig(seed=4, n_frames=1, preset="cfe", size=(256, 256))
+    bg = background(cfg, 0)
+    centre, corner = bg[120:136, 120:136].mean(), bg[:12, :12].mean()
+    assert 0.5 < corner / centre < 0.72  # corners at about 60 % of the centre
+    make_cruise(tmp_path / "c", n_frames=2, seed=4, preset="cfe", size=(256, 256))
+    files = sorted((tmp_path / "c" / "frames").iterdir())
+    assert [f.suffix for f in files] == [".jpg", ".jpg"]
+    assert "line_rate_hz" not in (tmp_path / "c" / "cruise.yaml").read_text()  # snapshots, not a line scan
+    frame = render_frame(cfg, 0)
+    on_disk = cv2.imread(str(files[0]), cv2.IMREAD_GRAYSCALE).astype(int)
+    diff = np.abs(on_disk - frame.image.astype(int))
+    assert 0 < diff.mean() < 3  # compressed: close to what was drawn, not equal
+
+
+def test_own_backgrounds_keep_their_objects_as_ignore_regions(library, tmp_path):
+    own = tmp_path / "own"
+    own.mkdir()
+    frame = np.full((300, 300), 200, np.uint8)
+    cv2.circle(frame, (150, 150), 12, 60, -1)  # an object of the user's frame no one labelled
+    cv2.imwrite(str(own / "f.png"), frame)
+    make_cruise(tmp_path / "c", n_frames=1, seed=6, preset="cfe", size=(256, 256), organisms=library,
+                backgrounds=own, plankton_share=0.5)
+    coco = json.loads((tmp_path / "c" / "ground_truth.coco.json").read_text())
+    crowd = [a for a in coco["annotations"] if a["iscrowd"]]
+    assert len(crowd) == 1
+    m = mask_utils.decode(crowd[0]["segmentation"]).astype(bool)
+    disc = np.zeros((256, 256), np.uint8)
+    cv2.circle(disc, (128, 128), 12, 1, -1)  # the 300 px frame's centre crop puts it at the middle
+    assert m[disc > 0].all() and m.sum() < disc.sum() * 1.6
+    # the objects are drawn on the user's frame: outside every object it is that frame
+    rendered = render_frame(SynthConfig(seed=6, n_frames=1, preset="cfe", size=(256, 256), organisms=str(library),
+                                        backgrounds=str(own.resolve()), plankton_share=0.5), 0, with_background=True)
+    flat = rendered.background.astype(int)
+    assert {int(v) for v in np.unique(flat)} <= {60, 200} or np.median(flat) == 200

@@ -1,6 +1,7 @@
 """The object table: one row per object, written in Parquet shards that appear atomically."""
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pyarrow.parquet as pq
 
 from ..measure import COLUMNS as MEASURE_COLUMNS
 from ..structures import Detections
+from ..taxonomy import taxon_from_prefix
 from .atomic import atomic_path
 from .rle import encode_cropped
 
@@ -23,6 +25,7 @@ BASE_SCHEMA = pa.schema([
     ("depth_m", pa.float64()),
     ("label", pa.int32()),
     ("label_name", pa.string()),
+    ("group", pa.string()),  # the reporting group of label_name (taxonomy.py): copepods, detritus...
     ("score", pa.float32()),
     ("is_plankton", pa.bool_()),
     ("bbox_x", pa.int32()),
@@ -32,6 +35,13 @@ BASE_SCHEMA = pa.schema([
     ("mask_rle", pa.string()),
 ])
 SCHEMA = pa.schema(list(BASE_SCHEMA) + [pa.field(k, pa.from_numpy_dtype(np.dtype(v))) for k, v in MEASURE_COLUMNS.items()])
+
+
+@lru_cache(maxsize=16)
+def groups_of(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The reporting group of each class name, its hierarchy read by prefix among ``names``."""
+    known = set(names)
+    return tuple(taxon_from_prefix(n, known).group for n in names)
 
 
 def object_rows(dets: Detections, names: list[str], is_plankton: np.ndarray, frame_path: str,
@@ -50,6 +60,7 @@ def object_rows(dets: Detections, names: list[str], is_plankton: np.ndarray, fra
         "lat": lat, "lon": lon, "depth_m": depth,
         "label": dets.labels.astype(np.int32),
         "label_name": [names[k - 1] for k in dets.labels],
+        "group": [groups_of(tuple(names))[k - 1] for k in dets.labels],
         "score": dets.scores.astype(np.float32),
         "is_plankton": is_plankton.astype(bool),
         "bbox_x": masks.origins[:, 0].astype(np.int32),

@@ -73,14 +73,14 @@ class _FrameRecord:
     crops: list[dict[str, Any]] | None = None  # line scan: each annotation's box-relative RLE (the stream file's)
 
 
-def make_cruise(out_dir: Path, n_frames: int = 10, seed: int = 0, *, preset: Literal["isiis", "uvp"] = "isiis",
+def make_cruise(out_dir: Path, n_frames: int = 10, seed: int = 0, *, preset: Literal["isiis", "uvp", "cfe"] = "isiis",
                 density: Literal["sparse", "mixed", "dense"] = "mixed", plankton_share: float | None = None,
                 size: tuple[int, int] = (2048, 2048), workers: int = 1,
                 start_time: datetime = datetime(2026, 6, 1, 12, 0, tzinfo=UTC),
                 frame_rate_hz: float = 2.0, pixel_size_um: float = 10.0, avi: bool = False,
                 organisms: Path | None = None, organisms_split: Literal["all", "train", "held_out"] = "all",
                 organisms_held_out: float = 0.2, organisms_seed: int = 0,
-                library_pixel_size_um: float | None = None) -> CruiseSummary:
+                library_pixel_size_um: float | None = None, backgrounds: Path | None = None) -> CruiseSummary:
     """Render `n_frames` frames with exact ground truth, plus nav, CTD and cruise.yaml.
 
     `size` is (height, width); `plankton_share` overrides the share of plankton among
@@ -90,6 +90,9 @@ def make_cruise(out_dir: Path, n_frames: int = 10, seed: int = 0, *, preset: Lit
     library whose organisms (its ``organisms_split``, as ``train-classifier --library``
     splits it with the same seed and share) replace the drawn plankton and detritus; the
     ground truth's categories are then the library's taxa and the drawn particles.
+    ``backgrounds``: a folder of the user's own frames drawn behind the objects, whose own
+    objects are ``iscrowd`` (ignore) annotations. ``preset="cfe"``: an area-camera
+    shadowgraph (strong radial vignetting, gain drift, JPEG frames).
     """
     t0 = time.perf_counter()
     cfg = SynthConfig(seed=seed, n_frames=n_frames, preset=preset, density=density,
@@ -97,10 +100,11 @@ def make_cruise(out_dir: Path, n_frames: int = 10, seed: int = 0, *, preset: Lit
                       frame_rate_hz=frame_rate_hz, pixel_size_um=pixel_size_um,
                       organisms=None if organisms is None else str(Path(organisms).resolve()),
                       organisms_split=organisms_split, organisms_held_out=organisms_held_out,
-                      organisms_seed=organisms_seed, library_pixel_size_um=library_pixel_size_um)
+                      organisms_seed=organisms_seed, library_pixel_size_um=library_pixel_size_um,
+                      backgrounds=None if backgrounds is None else str(Path(backgrounds).resolve()))
     out = Path(out_dir)
     frames_dir = out / "frames"
-    _check_target(frames_dir, {cfg.frame_name(k) for k in range(n_frames)})
+    _check_target(frames_dir, {cfg.frame_name(k) for k in range(n_frames)}, f"*{cfg.frame_suffix}")
     if avi:
         _check_target(out / "avi", {Path(cfg.frame_name(0)).stem + ".avi"}, "*.avi")
     frames_dir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +161,7 @@ def _init_worker() -> None:
 
 
 def render_and_write(cfg: SynthConfig, k: int, frames_dir: Path) -> _FrameRecord:
-    """Render frame k, write its PNG and return its COCO annotations (ids come later)."""
+    """Render frame k, write it (PNG; JPEG for an area camera) and return its COCO annotations (ids come later)."""
     frame = render_frame(cfg, k)
     name = cfg.frame_name(k)
     _write_png(Path(frames_dir) / name, frame.image)
@@ -171,6 +175,11 @@ def render_and_write(cfg: SynthConfig, k: int, frames_dir: Path) -> _FrameRecord
         # parts of one object cut by line-scan frame boundaries share their uid
         "attributes": {"uid": o.spec.uid, "truncated": o.truncated},
     } for o in frame.objects]
+    if frame.ignore:  # the user's background frame's own objects: neither objects nor background
+        crowd = cfg.truth_category_by_name("marine_snow")
+        anns += [{"category_id": crowd, "segmentation": encode_rle(m, x, y, h, w), "area": int(m.sum()),
+                  "bbox": [x, y, int(m.shape[1]), int(m.shape[0])], "iscrowd": 1,
+                  "attributes": {"uid": f"ignore:{k}:{i}", "truncated": False}} for i, (x, y, m) in enumerate(frame.ignore)]
     crops = [encode_rle(o.mask, 0, 0, *o.mask.shape) for o in frame.objects] if cfg.line_scan else None
     return _FrameRecord(k, anns, crops)
 
@@ -285,9 +294,13 @@ def coco_image(cfg: SynthConfig, k: int) -> dict[str, Any]:
             "date_captured": iso_z(cfg.frame_time(k))}
 
 
+JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 80]  # an area camera's frames, with their blocking
+
+
 def _write_png(path: Path, image: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    if not cv2.imwrite(str(tmp), image, PNG_PARAMS):
+    """Write a frame atomically: PNG, or JPEG for a .jpg name."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    if not cv2.imwrite(str(tmp), image, JPEG_PARAMS if path.suffix == ".jpg" else PNG_PARAMS):
         raise OSError(f"could not write {path}")
     os.replace(tmp, path)
 
@@ -317,7 +330,7 @@ def _write_coco(path: Path, cfg: SynthConfig, records: Iterable[_FrameRecord]) -
                 for ann in rec.annotations:
                     n += 1
                     f.write(("\n" if n == 1 else ",\n") + _dumps({"id": n, "image_id": rec.index + 1, **ann}))
-                    counts[ann["category_id"]] += 1
+                    counts[ann["category_id"]] += 0 if ann["iscrowd"] else 1
             f.write("\n]," + _dumps({"categories": cfg.categories()})[1:] + "\n")
         os.replace(tmp, path)
     finally:

@@ -14,6 +14,7 @@ rendered in a process pool load the library once per worker, not once per frame.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -71,17 +72,27 @@ def load_pool(library: str, split: Split, split_seed: int, held_out: float, pixe
     """The organisms of ``library`` (its ``split``: the same split as ``train-classifier
     --library`` with the same seed and share), scaled from the library's pixel size to the
     instrument's (1:1 when neither the export nor ``library_pixel_size_um`` states one)."""
-    import logging
-
     from ..library import open_library
 
-    with open_library(Path(library), pixel_size_um=library_pixel_size_um) as lib:
+    logger = logging.getLogger("segplank")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # one summary line below, not one per vignette left out
+    try:
+        lib = open_library(Path(library), pixel_size_um=library_pixel_size_um)
+    finally:
+        logger.setLevel(level)
+    with lib:
         names = tuple(lib.taxon_names)
         index = {n: k for k, n in enumerate(names)}
         train, test = lib.split(held_out, split_seed)
         items = {"all": lib.items, "train": train, "held_out": test}[split]
         opacity, masks, taxon, scale, sources = [], [], [], [], []
-        for v in lib.vignettes(items):
+        logger.setLevel(logging.ERROR)
+        try:
+            usable = list(lib.vignettes(items))
+        finally:
+            logger.setLevel(level)
+        for v in usable:
             rows, cols = np.flatnonzero(v.mask.any(1)), np.flatnonzero(v.mask.any(0))
             sl = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
             opacity.append(opacity_of(v.image, v.mask, v.polarity, v.background)[sl])
@@ -90,9 +101,13 @@ def load_pool(library: str, split: Split, split_seed: int, held_out: float, pixe
             scale.append((v.pixel_size_um or pixel_size_um) / pixel_size_um)
             sources.append(v.source)
         living = tuple(lib.taxa[n].living for n in names)
+        skipped = dict(lib.skipped)
     if not masks:
         raise ValueError(f"{library}: no usable organism in its {split} split")
-    logging.getLogger("segplank").info("%s: %d organisms of %d taxa (%s split)", library, len(masks), len(names), split)
+    logger.info("%s: %d organisms of %d taxa (%s split)", library, len(masks), len(names), split)
+    if skipped:
+        logger.warning("%s: %d vignette(s) left out of the organisms (%s)", library, sum(skipped.values()),
+                       "; ".join(f"{n} {r}" for r, n in skipped.items()))
     return OrganismPool(tuple(opacity), tuple(masks), np.asarray(taxon, np.int64), names, living,
                         np.asarray(scale, np.float64), tuple(sources))
 

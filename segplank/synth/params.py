@@ -12,7 +12,9 @@ from typing import Literal
 
 import numpy as np
 
-Preset = Literal["isiis", "uvp"]
+# isiis: a line-scan shadowgraph; uvp: lit snapshots; cfe: an area-camera shadowgraph such as
+# MBARI's CFE ISIIS (snapshots, strong radial vignetting, gain drift, JPEG frames)
+Preset = Literal["isiis", "uvp", "cfe"]
 Density = Literal["sparse", "mixed", "dense"]
 
 REFERENCE_AREA = 2048 * 2048  # densities are quoted per 2048 x 2048 frame
@@ -20,7 +22,7 @@ TIMESTAMP_REGEX = r"(?P<ts>\d{8}_\d{6}_\d{3})"
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S_%f"
 
 # purposes of the random streams
-STREAM_OBJECTS, STREAM_NOISE, STREAM_SENSOR, STREAM_SHADING, STREAM_ENV, STREAM_ENV_NOISE = range(1, 7)
+STREAM_OBJECTS, STREAM_NOISE, STREAM_SENSOR, STREAM_SHADING, STREAM_ENV, STREAM_ENV_NOISE, STREAM_BACKGROUND = range(1, 8)
 _INDEX_OFFSET = 1 << 20  # lets line-scan frames before the first (k < 0) have streams too
 
 
@@ -49,14 +51,16 @@ class SynthConfig:
     organisms_held_out: float = 0.2
     organisms_seed: int = 0
     library_pixel_size_um: float | None = None
+    # a folder of the user's own frames drawn behind the objects (synth/backgrounds.py)
+    backgrounds: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.n_frames < 0:
             raise ValueError(f"n_frames must be >= 0, got {self.n_frames}")
-        if self.preset not in ("isiis", "uvp"):
-            raise ValueError(f"preset must be 'isiis' or 'uvp', got {self.preset!r}")
+        if self.preset not in ("isiis", "uvp", "cfe"):
+            raise ValueError(f"preset must be 'isiis', 'uvp' or 'cfe', got {self.preset!r}")
         if self.density not in ("sparse", "mixed", "dense"):
             raise ValueError(f"density must be 'sparse', 'mixed' or 'dense', got {self.density!r}")
         if self.plankton_share is not None and not 0.0 <= self.plankton_share <= 1.0:
@@ -104,6 +108,9 @@ class SynthConfig:
 
         return _category_ids(self)[NAMES[spec.category_id]]
 
+    def truth_category_by_name(self, name: str) -> int:
+        return _category_ids(self)[name]
+
     @property
     def height(self) -> int:
         return self.size[0]
@@ -118,11 +125,20 @@ class SynthConfig:
 
     @property
     def instrument_name(self) -> str:
-        return "ISIIS" if self.preset == "isiis" else "UVP"
+        return {"isiis": "ISIIS", "uvp": "UVP", "cfe": "CFE_ISIIS"}[self.preset]
 
     @property
     def polarity(self) -> str:
-        return "dark_on_bright" if self.preset == "isiis" else "bright_on_dark"
+        return "bright_on_dark" if self.preset == "uvp" else "dark_on_bright"
+
+    @property
+    def area_camera(self) -> bool:
+        """An area-camera shadowgraph: radial vignetting, gain drift, JPEG frames."""
+        return self.preset == "cfe"
+
+    @property
+    def frame_suffix(self) -> str:
+        return ".jpg" if self.area_camera else ".png"
 
     @property
     def line_scan(self) -> bool:
@@ -141,7 +157,7 @@ class SynthConfig:
 
     def frame_name(self, k: int) -> str:
         t = self.frame_time(k)
-        return f"{self.instrument_name}_{t:%Y%m%d_%H%M%S}_{t.microsecond // 1000:03d}.png"
+        return f"{self.instrument_name}_{t:%Y%m%d_%H%M%S}_{t.microsecond // 1000:03d}{self.frame_suffix}"
 
 
 @lru_cache(maxsize=8)

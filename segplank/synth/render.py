@@ -8,7 +8,7 @@ the opacities. Outside every mask A is exactly 0, so those pixels are the backgr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import cv2
@@ -16,7 +16,7 @@ import numpy as np
 
 from .categories import MARINE_SNOW
 from .environment import Environment
-from .params import STREAM_NOISE, STREAM_SENSOR, STREAM_SHADING, SynthConfig, rng_for
+from .params import STREAM_BACKGROUND, STREAM_NOISE, STREAM_SENSOR, STREAM_SHADING, SynthConfig, rng_for
 from .scene import ObjectSpec, frame_objects
 from .shapes import BUILDERS, Sketch
 
@@ -70,6 +70,8 @@ class RenderedFrame:
     image: np.ndarray  # uint8 (H, W)
     objects: list[DrawnObject]
     background: np.ndarray | None = None  # uint8 (H, W): the frame without its objects
+    # the user's background frame's own objects (synth/backgrounds.py): (x0, y0, tight mask)
+    ignore: list[tuple[int, int, np.ndarray]] = field(default_factory=list)
 
 
 # --- texture -------------------------------------------------------------------------------
@@ -179,9 +181,20 @@ def _shading(cfg: SynthConfig, row0: int) -> np.ndarray:
 
 def background(cfg: SynthConfig, k: int) -> np.ndarray:
     """Float32 (H, W) frame k without objects, sensor noise included."""
+    return _background(cfg, k)[0]
+
+
+def _background(cfg: SynthConfig, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(background, ignore map of the user's frame or None)."""
     h, w = cfg.height, cfg.width
+    if cfg.backgrounds:
+        from .backgrounds import user_background
+
+        return user_background(cfg.backgrounds, k, h, w, cfg.polarity, rng_for(cfg.seed, STREAM_BACKGROUND, k))
     sensor = rng_for(cfg.seed, STREAM_SENSOR, 1)
     noise = rng_for(cfg.seed, STREAM_NOISE, k)
+    if cfg.area_camera:
+        return _area_background(cfg, k, sensor, noise), None
     if cfg.line_scan:
         base, p1, p2 = sensor.uniform(205, 215), sensor.uniform(40_000, 80_000), sensor.uniform(3000, 8000)
         ph1, ph2 = sensor.uniform(0, 2 * np.pi, 2)
@@ -191,13 +204,29 @@ def background(cfg: SynthConfig, k: int) -> np.ndarray:
         bg *= 1 + 0.015 * _shading(cfg, k * h)
         bg += noise.standard_normal((h, 1), dtype=np.float32) * np.float32(0.5)  # line jitter
         bg += noise.standard_normal((h, w), dtype=np.float32) * np.float32(2.2)
-        return bg
+        return bg, None
     base, period, phase = sensor.uniform(6, 12), sensor.uniform(20, 60), sensor.uniform(0, 2 * np.pi)
     yy, xx = np.ogrid[:h, :w]
     rho2 = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2
     lit = (1 + 0.5 * np.clip(1 - rho2 / 2, 0, 1)).astype(np.float32)
     bg = lit * np.float32(base * (1 + 0.08 * math.sin(2 * math.pi * k / period + phase)))
     bg += noise.standard_normal((h, w), dtype=np.float32) * np.float32(1.3)
+    return bg, None
+
+
+def _area_background(cfg: SynthConfig, k: int, sensor: np.random.Generator, noise: np.random.Generator) -> np.ndarray:
+    """An area-camera shadowgraph: a bright centre falling to 55-65 % in the corners, lens
+    shading, and a gain that drifts from frame to frame."""
+    h, w = cfg.height, cfg.width
+    base, corner = sensor.uniform(205, 235), sensor.uniform(0.55, 0.65)
+    period, phase = sensor.uniform(20, 60), sensor.uniform(0, 2 * np.pi)
+    cx, cy = w / 2 * sensor.uniform(0.9, 1.1), h / 2 * sensor.uniform(0.9, 1.1)  # the optical axis, off centre
+    yy, xx = np.ogrid[:h, :w]
+    rho2 = (((xx - cx) / (w / 2)) ** 2 + ((yy - cy) / (h / 2)) ** 2) / 2  # 1 in the corners
+    vignette = (1 - (1 - corner) * np.clip(rho2, 0, 1.3) ** 1.2).astype(np.float32)
+    gain = np.float32(base * (1 + 0.04 * math.sin(2 * math.pi * k / period + phase)))
+    bg = vignette * gain * (1 + 0.02 * _shading(cfg, 0))
+    bg += noise.standard_normal((h, w), dtype=np.float32) * np.float32(2.0)
     return bg
 
 
@@ -223,10 +252,15 @@ def render_frame(cfg: SynthConfig, k: int, *, with_background: bool = False,
         obj = _composite(acc, stamp, spec, row0, h, w)
         if obj is not None:
             drawn.append(obj)
-    bg = background(cfg, k)
+    bg, ignore = _background(cfg, k)
     level = np.float32(0.0 if dark else LIT_LEVEL)
     image = to_uint8(bg + (level - bg) * acc)
-    return RenderedFrame(k, image, drawn, to_uint8(bg) if with_background else None)
+    regions = []
+    if ignore is not None:
+        from .backgrounds import ignore_regions
+
+        regions = ignore_regions(ignore)
+    return RenderedFrame(k, image, drawn, to_uint8(bg) if with_background else None, regions)
 
 
 def _composite(acc: np.ndarray, stamp: Stamp, spec: ObjectSpec, row0: int, h: int, w: int) -> DrawnObject | None:

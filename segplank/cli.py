@@ -276,6 +276,8 @@ def train_classifier_cmd(
                                                "the training vignettes and its taxa the classes."),
         held_out: float = typer.Option(0.2, "--held-out", min=0.0, max=0.9, help="With --library: share of each taxon "
                                        "kept out of training and scored (top-1, macro-F1, per level)."),
+        split_seed: int = typer.Option(0, "--split-seed", min=0, help="With --library: the seed of that split (the "
+                                       "same as `synth --organisms-seed` for frames of the other part)."),
         pixel_size: Optional[float] = typer.Option(None, "--pixel-size", min=1e-3, help="With --library: µm per pixel of "
                                                    "vignettes that state none (EcoTaxa's process_pixel otherwise)."),
         all_statuses: bool = typer.Option(False, "--all-statuses", help="With --library: every EcoTaxa row, not only "
@@ -306,7 +308,8 @@ def train_classifier_cmd(
     if library is not None and not coco and model is None:
         cfg = ClassifierTrainConfig(ClassifierConfig(size, width), iterations, batch_size, lr, seed=seed,
                                     threads=threads, class_power=0.5 if class_power is None else class_power)
-        _train_library_classifier(library, output, cfg, held_out, pixel_size, None if all_statuses else ("validated",))
+        _train_library_classifier(library, output, cfg, held_out, split_seed, pixel_size,
+                                  None if all_statuses else ("validated",))
         return
     if not coco or model is None:
         _fail("pass COCO annotation file(s) and --model (a detector checkpoint), or --library LIB alone "
@@ -329,7 +332,7 @@ def train_classifier_cmd(
         on_step = _stage_steps(progress)
         try:
             new = fit_classifier(ckpt, coco, output, val or (), cfg, pipeline, images, mine_frames, on_step,
-                                 vignettes, library, held_out, seed, pixel_size)
+                                 vignettes, library, held_out, split_seed, pixel_size)
         except (ValueError, CocoError, LibraryError) as e:
             progress.stop()
             _fail(str(e))
@@ -355,8 +358,8 @@ def _stage_steps(progress: Progress):
     return on_step
 
 
-def _train_library_classifier(library: Path, output: Path, cfg, held_out: float, pixel_size: Optional[float],
-                              statuses) -> None:
+def _train_library_classifier(library: Path, output: Path, cfg, held_out: float, split_seed: int,
+                              pixel_size: Optional[float], statuses) -> None:
     from .library import LibraryError
     from .train_classifier import fit_library_classifier
 
@@ -364,7 +367,7 @@ def _train_library_classifier(library: Path, output: Path, cfg, held_out: float,
     with _progress() as progress:
         on_step = _stage_steps(progress)
         try:
-            clf = fit_library_classifier(library, output, cfg, held_out, cfg.seed, pixel_size, statuses, on_step,
+            clf = fit_library_classifier(library, output, cfg, held_out, split_seed, pixel_size, statuses, on_step,
                                          report_dir)
         except (LibraryError, ValueError) as e:
             progress.stop()

@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import Polarity
 
-SCALE = 16  # px of the frame per px of the estimate
+SCALE = 8  # px of the frame per px of the estimate
 OBJECT_PX = 160  # objects up to this size (px) are taken out of the estimate
 
 
@@ -35,9 +35,12 @@ def estimate_illumination(image: np.ndarray, polarity: Polarity, scale: int = SC
     op = cv2.MORPH_CLOSE if polarity == "dark_on_bright" else cv2.MORPH_OPEN
     # continue the frame's slope past its edges (odd reflection): a closing against a
     # replicated edge would take the brighter level a kernel inside for the edge's own
+    # (a median first: odd reflection turns a dark object near the edge into a bright one,
+    # which the closing would keep)
     p = k // 2 + 1
-    padded = np.pad(small, p, mode="reflect", reflect_type="odd") if min(sh, sw) > p else \
-        np.pad(small, p, mode="edge")
+    smooth = cv2.medianBlur(small, 5) if min(sh, sw) >= 5 else small
+    padded = np.pad(smooth, p, mode="reflect", reflect_type="odd") if min(sh, sw) > p else \
+        np.pad(smooth, p, mode="edge")
     bg = cv2.morphologyEx(padded, op, kernel)[p:-p, p:-p]
     bg = cv2.GaussianBlur(bg, (0, 0), 1.0, borderType=cv2.BORDER_REPLICATE)
     return cv2.resize(bg, (w, h), interpolation=cv2.INTER_LINEAR)

@@ -190,17 +190,17 @@ class Postprocessor:
         return d
 
     def _reject_no_organism(self, d: Detections, image: np.ndarray, counts: FrameCounts) -> Detections:
-        """Refined masks that are no organism, counted: one spanning most of the frame (a
-        brightness gradient followed by refinement) or, on an evenly lit frame, one whose
-        grey is on average within half ``refine_contrast`` of the background."""
-        if not len(d):
+        """On an evenly lit frame (an area camera's), refined masks that are no organism,
+        counted: one spanning most of the frame (a brightness gradient that refinement
+        followed) or one whose grey is on average within half ``refine_contrast`` of the
+        background. A line stream's organisms may be longer than a frame: never judged here."""
+        if not (self.even_illumination and len(d)):
             return d
         h, w = image.shape
         bw, bh = d.boxes[:, 2] - d.boxes[:, 0], d.boxes[:, 3] - d.boxes[:, 1]
         bad = (bw >= SPANNING_SHARE * w) | (bh >= SPANNING_SHARE * h)
-        if self.even_illumination:
-            scale = 257.0 if image.dtype == np.uint16 else 1.0
-            bad |= mask_contrast(d.masks, image, self.polarity) < 0.5 * self.measure_cfg.refine_contrast * scale
+        scale = 257.0 if image.dtype == np.uint16 else 1.0
+        bad |= mask_contrast(d.masks, image, self.polarity) < 0.5 * self.measure_cfg.refine_contrast * scale
         counts.rejected += int(bad.sum())
         return d[np.flatnonzero(~bad)]
 

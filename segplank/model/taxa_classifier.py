@@ -25,8 +25,8 @@ from .classifier import ClassifierConfig, VignetteClassifier, VignetteNet
 
 FORMAT = "segplank-classifier"
 FORMAT_VERSION = 1
-# trained on 80 % of the NDSB's ISIIS vignettes by tools/make_ndsb_classifier.sh
-BUNDLED_CLASSIFIER = Path(__file__).resolve().parent.parent / "data" / "ndsb_classifier.pt"
+# the bundled model's vignette classifier (tools/make_isiis_model.sh): the NDSB's ISIIS taxa
+BUNDLED_CLASSIFIER = Path(__file__).resolve().parent.parent / "data" / "demo_model.pt"
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .library import VignetteLibrary
+from .library import LibraryItem, VignetteLibrary
 from .model.taxa_classifier import TaxaClassifier
 from .structures import CroppedMasks
 from .taxonomy import Taxon
@@ -32,8 +32,10 @@ class Prediction:
     true_taxon: str  # "" when the vignette has no label
 
 
-def classify_library(clf: TaxaClassifier, lib: VignetteLibrary, batch: int = 512) -> list[Prediction]:
-    """One prediction per usable vignette of ``lib`` (unusable ones are counted in ``lib.skipped``)."""
+def classify_library(clf: TaxaClassifier, lib: VignetteLibrary, items: Sequence[LibraryItem] | None = None,
+                     batch: int = 512) -> list[Prediction]:
+    """One prediction per usable vignette of ``lib`` (or of its ``items``; unusable ones are
+    counted in ``lib.skipped``)."""
     from .model.classifier import vignettes
 
     model = clf.build()
@@ -52,7 +54,7 @@ def classify_library(clf: TaxaClassifier, lib: VignetteLibrary, batch: int = 512
             out.append(Prediction(src, t.name, t.group, float(p), t.living, true))
         pending.clear()
 
-    for v in lib.vignettes():
+    for v in lib.vignettes(items):
         x, s = vignettes(v.image, CroppedMasks(np.zeros((1, 2), np.int64), (v.mask,)), v.polarity,
                          v.pixel_size_um or clf.pixel_size_um, clf.config.size)
         pending.append((x, s, v.source, v.taxon))

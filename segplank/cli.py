@@ -395,8 +395,11 @@ def classify(folder: Path = typer.Argument(..., help="Vignettes: a folder of ima
                                          "probability, living (and true_taxon for a labelled library)."),
              pixel_size: Optional[float] = typer.Option(None, "--pixel-size", min=1e-3, help="µm per pixel of the "
                                                         "vignettes (default: the classifier's training scale)."),
-             all_statuses: bool = typer.Option(False, "--all-statuses", help="EcoTaxa: every row, not only validated ones.")
-             ) -> None:
+             all_statuses: bool = typer.Option(False, "--all-statuses", help="EcoTaxa: every row, not only validated ones."),
+             split: str = typer.Option("all", help="all, train or held_out: that part of a labelled library, split as "
+                                       "`train-classifier --library` splits it (with --held-out and --split-seed)."),
+             held_out: float = typer.Option(0.2, "--held-out", min=0.0, max=0.9),
+             split_seed: int = typer.Option(0, "--split-seed", min=0)) -> None:
     """Name every vignette of a folder: its taxon, reporting group, probability and whether it is living."""
     from .classify import classification_report, classify_library, write_predictions
     from .library import LibraryError, open_library
@@ -409,8 +412,11 @@ def classify(folder: Path = typer.Argument(..., help="Vignettes: a folder of ima
         lib = open_library(folder, None if all_statuses else ("validated",), pixel_size, unlabelled=True)
     except (CheckpointError, LibraryError) as e:
         _fail(str(e))
+    if split not in ("all", "train", "held_out"):
+        _fail(f"--split {split!r}: choose all, train or held_out")
     with lib:
-        preds = classify_library(clf, lib)
+        items = None if split == "all" else lib.split(held_out, split_seed)[0 if split == "train" else 1]
+        preds = classify_library(clf, lib, items)
     labelled = [p for p in preds if p.true_taxon]
     write_predictions(preds, output, with_truth=bool(labelled))
     skipped = sum(lib.skipped.values())

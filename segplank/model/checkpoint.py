@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +19,7 @@ from torch import nn
 
 from .. import __version__
 from ..config import ModelConfig
+from ..export.atomic import atomic_path
 from .build import build_model
 
 if TYPE_CHECKING:
@@ -169,12 +168,9 @@ class Checkpoint:
 
     def save(self, path: Path, half: bool = True) -> Path:
         """Atomically write; fp16 weights halve the file at no cost to CPU/GPU inference."""
-        def pack(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return {k: (v.half() if half and v.is_floating_point() else v).cpu().contiguous() for k, v in weights.items()}
-
-        sd = pack(self.state_dict)
+        sd = pack(self.state_dict, half)
         classifier = None if self.classifier is None else {**self.classifier,
-                                                           "state_dict": pack(self.classifier["state_dict"])}
+                                                           "state_dict": pack(self.classifier["state_dict"], half)}
         payload = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "segplank_version": self.segplank_version,
             "created": self.created, "model_config": self.model_config.model_dump(mode="json"),
@@ -182,24 +178,36 @@ class Checkpoint:
             "demo": self.demo, "state_dict": sd, "classifier": classifier,
             "detector_classes": None if self.detector_classes is None else self.detector_classes.to_dict(),
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.close(fd)
+        return save_payload(payload, path)
+
+
+def pack(weights: dict[str, torch.Tensor], half: bool = True) -> dict[str, torch.Tensor]:
+    """Weights as stored: on the CPU, contiguous, floating point as fp16 when ``half``."""
+    return {k: (v.half() if half and v.is_floating_point() else v).cpu().contiguous() for k, v in weights.items()}
+
+
+def save_payload(payload: dict[str, Any], path: Path) -> Path:
+    """``torch.save`` that never leaves a half-written model file."""
+    with atomic_path(Path(path)) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-        return path
+    return Path(path)
+
+
+def load_payload(path: Path, what: str, fix: str, missing: str = "model file") -> Any:
+    """A model file's contents, read with ``weights_only`` (tensors and plain containers, never code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {missing} not found; {fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for foreign or truncated files
+        raise CheckpointError(f"{path}: not a readable {what} ({type(e).__name__}); {fix}") from None
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
     path = Path(path)
     fix = "pass a checkpoint written by `segplank train` (or omit --model for the demo model)"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: model file not found; {fix}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for foreign or truncated files
-        raise CheckpointError(f"{path}: not a readable segplank checkpoint ({type(e).__name__}); {fix}") from None
+    payload = load_payload(path, "segplank checkpoint", fix)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a segplank checkpoint (no '{FORMAT}' header); {fix}")
     if payload.get("format_version", 0) > FORMAT_VERSION:

@@ -9,8 +9,6 @@ living for any folder of vignettes. Same network and input as inference
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +18,7 @@ import torch
 
 from .. import __version__
 from ..taxonomy import Taxon
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, load_payload, pack, save_payload
 from .classifier import ClassifierConfig, VignetteClassifier, VignetteNet
 
 FORMAT = "segplank-classifier"
@@ -59,17 +57,9 @@ class TaxaClassifier:
             "format": FORMAT, "format_version": FORMAT_VERSION, "segplank_version": self.segplank_version,
             "created": self.created, "config": self.config.to_dict(), "pixel_size_um": self.pixel_size_um,
             "taxa": [{"name": t.name, "path": list(t.path), "group": t.group, "living": t.living} for t in self.taxa],
-            "state_dict": {k: (v.half() if v.is_floating_point() else v).cpu().contiguous()
-                           for k, v in self.state_dict.items()},
-            "trained_on": self.trained_on, "metrics": self.metrics,
+            "state_dict": pack(self.state_dict), "trained_on": self.trained_on, "metrics": self.metrics,
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.close(fd)
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-        return path
+        return save_payload(payload, path)
 
 
 def load_taxa_classifier(path: Path) -> TaxaClassifier:
@@ -79,12 +69,7 @@ def load_taxa_classifier(path: Path) -> TaxaClassifier:
 
     path = Path(path)
     fix = "pass a file written by `segplank train-classifier --library` or a checkpoint with a classifier"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: classifier file not found; {fix}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for foreign or truncated files
-        raise CheckpointError(f"{path}: not a readable classifier ({type(e).__name__}); {fix}") from None
+    payload = load_payload(path, "classifier", fix, "classifier file")
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         if payload.get("format_version", 0) > FORMAT_VERSION:
             raise CheckpointError(f"{path}: classifier format {payload['format_version']} is newer than this segplank "

@@ -389,8 +389,8 @@ def _train_library_classifier(library: Path, output: Path, cfg, held_out: float,
 def classify(folder: Path = typer.Argument(..., help="Vignettes: a folder of images, a folder per taxon, or an EcoTaxa "
                                                      "export (.zip or folder)."),
              model: Optional[Path] = typer.Option(None, "--model", "-m", help="A classifier from `train-classifier "
-                                                  "--library` (default: the bundled NDSB classifier), or a checkpoint "
-                                                  "with a classifier."),
+                                                  "--library`, or a checkpoint with a classifier (default: the bundled "
+                                                  "model's, which knows only the 8 drawn synthetic classes)."),
              output: Path = typer.Option(Path("predictions.csv"), "-o", "--output", help="CSV: path, taxon, group, "
                                          "probability, living (and true_taxon for a labelled library)."),
              pixel_size: Optional[float] = typer.Option(None, "--pixel-size", min=1e-3, help="µm per pixel of the "

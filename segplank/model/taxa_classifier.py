@@ -23,7 +23,7 @@ from .classifier import ClassifierConfig, VignetteClassifier, VignetteNet
 
 FORMAT = "segplank-classifier"
 FORMAT_VERSION = 1
-# the bundled model's vignette classifier (tools/make_isiis_model.sh): the NDSB's ISIIS taxa
+# what `segplank classify` uses without --model: the bundled model's vignette classifier
 BUNDLED_CLASSIFIER = Path(__file__).resolve().parent.parent / "data" / "demo_model.pt"
 
 

@@ -398,8 +398,9 @@ def classify(folder: Path = typer.Argument(..., help="Vignettes: a folder of ima
              all_statuses: bool = typer.Option(False, "--all-statuses", help="EcoTaxa: every row, not only validated ones."),
              split: str = typer.Option("all", help="all, train or held_out: that part of a labelled library, split as "
                                        "`train-classifier --library` splits it (with --held-out and --split-seed)."),
-             held_out: float = typer.Option(0.2, "--held-out", min=0.0, max=0.9),
-             split_seed: int = typer.Option(0, "--split-seed", min=0)) -> None:
+             held_out: float = typer.Option(0.2, "--held-out", min=0.0, max=0.9, help="With --split: the share of "
+                                            "each taxon held out."),
+             split_seed: int = typer.Option(0, "--split-seed", min=0, help="With --split: the seed of the split.")) -> None:
     """Name every vignette of a folder: its taxon, reporting group, probability and whether it is living."""
     from .classify import classification_report, classify_library, write_predictions
     from .library import LibraryError, open_library

@@ -106,7 +106,8 @@ def find_frames(cruise_dir: Path, instrument: InstrumentConfig, exclude: Sequenc
     stamped = []
     for path in _image_files(root, instrument.extensions, exclude):
         ts = parse_timestamp(path, instrument)
-        ts = ts if ts is not None else index.get(_index_key(root, path))
+        # the walk's paths start with the cruise folder as given: relative to here, not to it
+        ts = ts if ts is not None else index.get(_index_key(root, path.absolute()))
         if path.suffix.lower() in VIDEO_EXTENSIONS:
             stamped += _video_frames(path, ts, instrument.frame_rate_hz)
             continue

@@ -107,6 +107,14 @@ def test_find_frames_in_time_order(cruise: Path) -> None:
     assert all(f.timestamp.tzinfo == UTC for f in found[:-1])
 
 
+def test_frame_index_is_read_when_the_cruise_is_named_relative(cruise: Path, monkeypatch) -> None:
+    """A cruise folder given as a relative path (`segplank infer cruise/`) still finds frames.csv's times."""
+    monkeypatch.chdir(cruise.parent)
+    found = find_frames(Path(cruise.name), INSTRUMENT, exclude=[Path(cruise.name) / "out"])
+    unnamed = [f for f in found if f.path.name == "unnamed.png"]
+    assert unnamed and unnamed[0].timestamp == datetime(2023, 6, 1, 12, 0, 0, 250000, UTC)
+
+
 def test_excluded_and_hidden_folders_are_ignored(cruise: Path) -> None:
     names = {f.path.name for f in find_frames(cruise, INSTRUMENT, exclude=[cruise / "out"])}
     assert f"{stamp(12)}.png" not in names  # the output folder

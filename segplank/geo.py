@@ -73,11 +73,7 @@ class Track:
     @staticmethod
     def read_csv(path: Path, columns: dict[str, tuple[str, ...]]) -> "Track":
         """Read ``time`` (ISO 8601; naive times are taken as UTC) and the first present alias per column."""
-        df = pd.read_csv(path)
-        if "time" not in df.columns:
-            raise ValueError(f"{path}: no 'time' column (expected ISO-8601 UTC times)")
-        df["time"] = pd.to_datetime(df["time"], utc=True, format="ISO8601")
-        return Track.from_frame(df, columns, Path(path))
+        return Track.from_frame(read_time_csv(path, "(expected ISO-8601 UTC times)"), columns, Path(path))
 
 
 def epoch_seconds(ts: list[datetime | None]) -> np.ndarray:
@@ -176,10 +172,30 @@ def read_nav(path: Path) -> pd.DataFrame:
         from .nmea import read_nmea
 
         return read_nmea(path)
-    df = pd.read_csv(path)
+    return read_time_csv(path, "(expected ISO-8601 UTC times), and no NMEA sentences")
+
+
+def read_time_csv(path: Path, missing: str) -> pd.DataFrame:
+    """A CSV table with an ISO-8601 ``time`` column (naive times are UTC). Rows whose time
+    does not read are skipped with one line naming them, the rest is used: one garbage row
+    must not cost the whole record. ``missing``: what the error says when there is no time column."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype={"time": str}, skipinitialspace=True)
+    except pd.errors.ParserError:  # a row with too many fields: read again, row by row, without it
+        extra: list[list[str]] = []
+        df = pd.read_csv(path, dtype={"time": str}, skipinitialspace=True, engine="python",
+                         on_bad_lines=lambda fields: extra.append(fields))
+        log.warning("%s: %d row(s) with more fields than the header skipped (e.g. %s)", path, len(extra),
+                    ",".join(extra[0])[:80])
     if "time" not in df.columns:
-        raise ValueError(f"{path}: no 'time' column (expected ISO-8601 UTC times), and no NMEA sentences")
-    df["time"] = pd.to_datetime(df["time"], utc=True, format="ISO8601")
+        raise ValueError(f"{path}: no 'time' column {missing}")
+    df["time"] = pd.to_datetime(df["time"], utc=True, format="ISO8601", errors="coerce")
+    bad = np.flatnonzero(df["time"].isna().to_numpy())
+    if len(bad):
+        lines = ", ".join(str(i + 2) for i in bad[:10]) + (", …" if len(bad) > 10 else "")  # line 1: the header
+        log.warning("%s: %d row(s) with an unreadable time skipped (line %s)", path, len(bad), lines)
+        df = df.drop(index=df.index[bad]).reset_index(drop=True)
     return df
 
 

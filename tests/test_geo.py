@@ -86,3 +86,21 @@ def test_missing_or_bad_records_give_nan(tmp_path, caplog):
     pos = loc(np.array([0.0, 1.0]))
     assert np.isnan(pos.lat).all() and np.isnan(pos.depth_m).all()
     assert "ignored navigation" in caplog.text
+
+
+def test_a_garbage_row_in_nav_is_skipped_with_its_line_and_the_rest_used(tmp_path, caplog):
+    (tmp_path / "nav.csv").write_text("time,lat,lon\n2026-06-01T12:00:00Z,40.0,-70.0\nGARBAGE,x,y\n"
+                                      "2026-06-01T12:00:10Z,40.1,-70.1\n")
+    loc = Locator.from_cruise(tmp_path)
+    t0 = epoch_seconds([datetime(2026, 6, 1, 12, 0, 5, tzinfo=UTC)])
+    pos = loc(t0)
+    assert pos.lat[0] == pytest.approx(40.05) and pos.lon[0] == pytest.approx(-70.05)
+    assert "line 3" in caplog.text and "ignored navigation" not in caplog.text
+
+
+def test_a_row_with_too_many_fields_is_skipped_too(tmp_path, caplog):
+    (tmp_path / "nav.csv").write_text("time,lat,lon\n2026-06-01T12:00:00Z,40.0,-70.0\n1,2,3,4,5\n"
+                                      "2026-06-01T12:00:10Z,40.1,-70.1\n")
+    pos = Locator.from_cruise(tmp_path)(epoch_seconds([datetime(2026, 6, 1, 12, 0, 5, tzinfo=UTC)]))
+    assert pos.lat[0] == pytest.approx(40.05)
+    assert "more fields than the header" in caplog.text and "ignored navigation" not in caplog.text

@@ -538,8 +538,13 @@ def evaluate_cmd(gt: Path = typer.Argument(..., help="Ground-truth COCO file of 
             gt_src, pred_src = stream_truth_coco(truth), stream_run_coco(pred, truth)
         except FileNotFoundError as e:
             _fail(str(e))
-    res = evaluate(gt_src, pred_src, out_dir, iou, min_score=min_score, target_precision=target_precision,
-                   iou_types=("bbox", "segm") if coco else (), max_dets=(1, 100, max_dets))
+    from .evaluate import EvalError
+
+    try:
+        res = evaluate(gt_src, pred_src, out_dir, iou, min_score=min_score, target_precision=target_precision,
+                       iou_types=("bbox", "segm") if coco else (), max_dets=(1, 100, max_dets))
+    except EvalError as e:
+        _fail(f"{pred}: {e}")
     out.print(format_table(res))
     if "coco" in res:
         out.print(coco_table(res))

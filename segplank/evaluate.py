@@ -68,10 +68,19 @@ def _plankton_names(categories: list[dict]) -> set[str]:
     return {c["name"] for c in categories if not str(c.get("supercategory", "")).lower().startswith("non")}
 
 
+class EvalError(ValueError):
+    """Ground truth and predictions that cannot be scored together; the message says why."""
+
+
 def align(gt: dict, pred: dict | list) -> Aligned:
     """Put predictions on ground-truth frame ids (by file name) and class names."""
     if isinstance(pred, list):  # a bare results list speaks the ground truth's ids
         pred = {"annotations": pred}
+    if not isinstance(pred, dict) or "annotations" not in pred:
+        raise EvalError("the predictions are not COCO (no 'annotations'): pass OUT/predictions.coco.json of a "
+                        "`segplank infer` run, or a COCO results list")
+    if not isinstance(gt, dict) or "images" not in gt or "annotations" not in gt:
+        raise EvalError("the ground truth is not a COCO dataset (no 'images' or 'annotations')")
     gt_cats = sorted(gt["categories"], key=lambda c: c["id"])
     pred_cats = sorted(pred.get("categories", gt_cats), key=lambda c: c["id"])
     gt_names = {c["id"]: c["name"] for c in gt_cats}
@@ -80,6 +89,10 @@ def align(gt: dict, pred: dict | list) -> Aligned:
     classes = list(dict.fromkeys([c["name"] for c in gt_cats] + [c["name"] for c in extra]))
     gt_by_file = {Path(im["file_name"]).name: im["id"] for im in gt["images"]}
     to_gt = {im["id"]: gt_by_file.get(Path(im["file_name"]).name) for im in pred.get("images", gt["images"])}
+    if to_gt and gt_by_file and all(v is None for v in to_gt.values()):
+        first_pred = Path(next(iter(pred["images"]))["file_name"]).name
+        raise EvalError(f"the predictions share no frame with the ground truth (e.g. {first_pred} vs "
+                        f"{next(iter(gt_by_file))}): score a run of the ground truth's own cruise")
     unpredicted = len(set(gt_by_file.values()) - set(to_gt.values()))
     pred_anns: dict[int, list[dict]] = {}
     for a in pred["annotations"]:

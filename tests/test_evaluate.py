@@ -328,3 +328,22 @@ def test_fast_cocoeval_equals_pycocotools(tmp_path, iou_type):
                 np.testing.assert_array_equal(a[key], b[key])
     np.testing.assert_array_equal(stock.eval["precision"], fast.eval["precision"])
     assert stock.stats[1] > 0.3  # the data do match
+
+
+def test_predictions_of_another_cruise_or_not_coco_are_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    from segplank.cli import app
+
+    cats = [{"id": 1, "name": "copepod", "supercategory": "plankton"}]
+    gt = {"images": [{"id": 1, "file_name": "frames/a.png", "width": 10, "height": 10}], "annotations": [],
+          "categories": cats}
+    other = {"images": [{"id": 1, "file_name": "frames/b.png", "width": 10, "height": 10}], "annotations": [],
+             "categories": cats}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    (tmp_path / "bad.json").write_text(json.dumps({"objects": []}))
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "gt.json"), str(tmp_path / "other.json"), "--no-coco"])
+    assert r.exit_code == 2 and "share no frame" in " ".join(r.output.split()), r.output
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "gt.json"), str(tmp_path / "bad.json"), "--no-coco"])
+    assert r.exit_code == 2 and "not COCO" in " ".join(r.output.split()), r.output

@@ -16,7 +16,6 @@ import numpy as np
 
 from .library import LibraryItem, VignetteLibrary
 from .model.taxa_classifier import TaxaClassifier
-from .structures import CroppedMasks
 from .taxonomy import Taxon
 
 COLUMNS = ("path", "taxon", "group", "probability", "living")
@@ -36,7 +35,7 @@ def classify_library(clf: TaxaClassifier, lib: VignetteLibrary, items: Sequence[
                      batch: int = 512) -> list[Prediction]:
     """One prediction per usable vignette of ``lib`` (or of its ``items``; unusable ones are
     counted in ``lib.skipped``)."""
-    from .model.classifier import vignettes
+    from .model.classifier import organism_vignette
 
     model = clf.build()
     out: list[Prediction] = []
@@ -55,8 +54,7 @@ def classify_library(clf: TaxaClassifier, lib: VignetteLibrary, items: Sequence[
         pending.clear()
 
     for v in lib.vignettes(items):
-        x, s = vignettes(v.image, CroppedMasks(np.zeros((1, 2), np.int64), (v.mask,)), v.polarity,
-                         v.pixel_size_um or clf.pixel_size_um, clf.config.size)
+        x, s = organism_vignette(v.image, v.mask, v.polarity, v.pixel_size_um or clf.pixel_size_um, clf.config.size)
         pending.append((x, s, v.source, v.taxon))
         if len(pending) >= batch:
             flush()

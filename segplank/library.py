@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Polarity
+from .refine import fill_holes
 from .taxonomy import Taxon, taxon_from_ecotaxa, taxon_from_prefix
 
 log = logging.getLogger("segplank")
@@ -93,8 +94,8 @@ class VignetteLibrary:
     # the library's own polarity (most of its vignettes'), so that an organism filling a
     # vignette to its border is not read as a background of its own colour
     polarity: Polarity | None = None
+    quiet: bool = False  # count what is left out, and say it in one line at the end (composed frames)
     _zip: zipfile.ZipFile | None = None
-    _warned: Counter = field(default_factory=Counter)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -117,10 +118,11 @@ class VignetteLibrary:
     def skip(self, source: str, reason: str) -> None:
         """Count one unusable vignette and say so (the first few of each reason in full)."""
         self.skipped[reason] += 1
-        self._warned[reason] += 1
-        if self._warned[reason] <= _WARN_LINES:
+        if self.quiet:
+            return
+        if self.skipped[reason] <= _WARN_LINES:
             log.warning("%s: %s; left out", source, reason)
-        elif self._warned[reason] == _WARN_LINES + 1:
+        elif self.skipped[reason] == _WARN_LINES + 1:
             log.warning("more vignettes: %s (counted, not listed)", reason)
 
     def read_bytes(self, source: str) -> bytes:
@@ -204,16 +206,6 @@ def _border(image: np.ndarray, width: int = 2) -> np.ndarray:
     return np.concatenate([image[:w].ravel(), image[-w:].ravel(), image[:, :w].ravel(), image[:, -w:].ravel()])
 
 
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``mask`` with every region it encloses filled (a translucent body is one organism)."""
-    h, w = mask.shape
-    padded = np.zeros((h + 2, w + 2), np.uint8)
-    padded[1:-1, 1:-1] = mask
-    outside = padded.copy()
-    cv2.floodFill(outside, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 1)
-    return mask | (outside[1:-1, 1:-1] == 0)
-
-
 def organism_mask(image: np.ndarray, polarity: Polarity | None = None,
                   min_contrast: float = MIN_CONTRAST) -> tuple[np.ndarray, Polarity, float]:
     """(mask, polarity, background grey) of a vignette's organism.
@@ -245,8 +237,8 @@ def organism_mask(image: np.ndarray, polarity: Polarity | None = None,
     own = np.bincount(labels[fg > 0], minlength=n)
     main = int(np.argmax(own[1:]) + 1)
     mask = (labels == main) & (fg > 0)
-    mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)).astype(bool)
-    return fill_holes(mask), polarity, bg
+    mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    return fill_holes(mask).astype(bool), polarity, bg
 
 
 # --- listing a library ---------------------------------------------------------------------
@@ -281,13 +273,13 @@ def _pixel_size(row: pd.Series) -> float | None:
 
 
 def open_library(path: Path, statuses: Sequence[str] | None = ("validated",),
-                 pixel_size_um: float | None = None, unlabelled: bool = False) -> VignetteLibrary:
+                 pixel_size_um: float | None = None, unlabelled: bool = False, quiet: bool = False) -> VignetteLibrary:
     """Open a folder tree or an EcoTaxa export (folder or zip); see the module's docstring.
 
     ``statuses``: EcoTaxa annotation statuses to keep (None: every row). ``pixel_size_um``:
     the library's pixel size where the export does not state one (a folder tree never does).
     ``unlabelled``: images outside any taxon folder are items too, with taxon ``""`` (a
-    folder of vignettes to classify).
+    folder of vignettes to classify). ``quiet``: what is left out is only counted (``skipped``).
     """
     path = Path(path)
     if not path.exists():
@@ -300,7 +292,7 @@ def open_library(path: Path, statuses: Sequence[str] | None = ("validated",),
         names = [n for n in zf.namelist() if not n.endswith("/") and "__MACOSX" not in n]
     else:
         names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
-    lib = VignetteLibrary(path, "folders", [], {}, _zip=zf)
+    lib = VignetteLibrary(path, "folders", [], {}, quiet=quiet, _zip=zf)
     unsafe = [n for n in names if not _safe_member(n)]
     for n in unsafe:
         lib.skip(n, "member name leaves the archive (absolute or '..'); refused")
@@ -399,5 +391,5 @@ def _list_ecotaxa(lib: VignetteLibrary, names: list[str], tsvs: list[str], statu
     lib.taxa = taxa
 
 
-__all__ = ["LibraryError", "LibraryItem", "Vignette", "VignetteLibrary", "decode_grey", "fill_holes",
+__all__ = ["LibraryError", "LibraryItem", "Vignette", "VignetteLibrary", "decode_grey",
            "open_library", "organism_mask", "read_ecotaxa_tsv"]

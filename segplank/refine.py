@@ -94,7 +94,7 @@ def _refine_one(bitmap: np.ndarray, ox: int, oy: int, image: np.ndarray, polarit
         grown = _grow(kept, x0, y0, image, background, contrast, polarity)
         if grown is not None:
             return grown
-    return _tight(_fill_holes(kept), x0, y0)
+    return _tight(fill_holes(kept), x0, y0)
 
 
 def split_touching(dets: Detections, radius: int) -> Detections:
@@ -168,7 +168,7 @@ def _grow(seed: np.ndarray, sx: int, sy: int, image: np.ndarray, background: flo
         if not open_edges:
             if cv2.countNonZero(kept) > fill_limit * kept.size:
                 return None
-            return _tight(_fill_holes(kept), x0, y0)
+            return _tight(fill_holes(kept), x0, y0)
         pad *= 2
     return None
 
@@ -229,7 +229,7 @@ def _touching(candidate: np.ndarray, predicted: np.ndarray) -> np.ndarray | None
     return keep[labels]
 
 
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
+def fill_holes(mask: np.ndarray) -> np.ndarray:
     """The mask with every hole inside its outer contours filled."""
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     filled = np.zeros_like(mask)

@@ -36,10 +36,10 @@ from pycocotools import mask as mask_utils
 from .config import MeasureConfig, PipelineConfig, Polarity
 from .export.rle import encode_in_frame
 from .model.checkpoint import Checkpoint, ClassMap
-from .model.classifier import ClassifierConfig, VignetteClassifier, VignetteNet, vignettes
+from .model.classifier import ClassifierConfig, VignetteClassifier, VignetteNet, organism_vignette, vignettes
 from .refine import refine_masks
 from .structures import CroppedMasks, Detections
-from .train_data import TrainFrame, load_coco_frames
+from .train_data import TrainFrame, coco_categories, load_coco_frames
 
 if TYPE_CHECKING:
     from .library import LibraryItem, VignetteLibrary
@@ -266,10 +266,9 @@ def accuracy(net: VignetteNet, cfg: ClassifierConfig, data: VignetteSet, n_class
 
 def names_taxa(ckpt: Checkpoint) -> bool:
     """Whether the classifier of ``ckpt`` names classes of its own: the detector finds only
-    plankton and non-plankton (train config ``classes: plankton``)."""
-    from .train_data import PLANKTON_CLASSES
-
-    return ckpt.detector_classes is not None or ckpt.classes.names == tuple(c["name"] for c in PLANKTON_CLASSES)
+    plankton and non-plankton (trained with ``classes: plankton``, as its record says)."""
+    trained_as = (ckpt.trained_on.get("train_config") or {}).get("classes")
+    return ckpt.detector_classes is not None or trained_as == "plankton"
 
 
 def fit_classifier(ckpt: Checkpoint, train_coco: Sequence[Path], out: Path, val_coco: Sequence[Path] = (),
@@ -292,19 +291,22 @@ def fit_classifier(ckpt: Checkpoint, train_coco: Sequence[Path], out: Path, val_
     """
     torch.set_num_threads(cfg.threads)  # mining runs the detector too
     polarity, measure, px = pipeline.instrument.polarity, pipeline.measure, pipeline.instrument.pixel_size_um
+    from .library import open_library
+
     own = names_taxa(ckpt)
-    lib = None
+    living: dict[str, bool] = {}  # the library's taxa
+    key = ""
     if library is not None:
         if not own:
             raise ValueError("a library trains the classifier of a plankton/non-plankton detector (train config "
                              "`classes: plankton`); this detector names classes of its own")
-        from .library import open_library
-
-        lib = open_library(Path(library), pixel_size_um=library_pixel_size_um)
-    classes: ClassMap = _taxa_classes(train_coco, image_root, polarity, lib) if own else ckpt.classes
+        with open_library(Path(library), pixel_size_um=library_pixel_size_um) as lib:
+            living = {n: lib.taxa[n].living for n in lib.taxon_names}
+            key = f"{lib.digest()}:{library_held_out}:{library_seed}"
+    classes: ClassMap = _taxa_classes(train_coco, living) if own else ckpt.classes
     step = (lambda stage, total: (lambda k, row: progress(stage, k, total, row))) if progress else (lambda *_: None)
     store = VignetteCache(cache, ckpt, [*train_coco, *val_coco], cfg.net.size, pipeline, mine_frames,
-                          extra=f"{lib.digest()}:{library_held_out}:{library_seed}:{classes.names}" if lib else "")
+                          extra=f"{key}:{classes.names}" if key else "")
     cached = store.load()
     if cached is not None:
         train, val, mined_count = cached
@@ -312,10 +314,12 @@ def fit_classifier(ckpt: Checkpoint, train_coco: Sequence[Path], out: Path, val_
     else:
         frames, _, _ = load_coco_frames(list(train_coco), image_root, polarity, classes=classes)
         parts = [vignette_set(frames, polarity, measure, cfg.net.size, px)]
-        if lib is not None:
-            items = [it for it in lib.split(library_held_out, library_seed)[0] if it.taxon]
-            labels = {n: k + 1 for k, n in enumerate(classes.names)}
-            parts.append(library_vignette_set(lib, items, labels, cfg.net.size, px, step("library", len(items)))[0])
+        if library is not None:
+            with open_library(Path(library), pixel_size_um=library_pixel_size_um) as lib:
+                items = [it for it in lib.split(library_held_out, library_seed)[0] if it.taxon]
+                labels = {n: k + 1 for k, n in enumerate(classes.names)}
+                parts.append(library_vignette_set(lib, items, labels, cfg.net.size, px,
+                                                  step("library", len(items)))[0])
         mined = frames[:mine_frames] if mine_frames is not None else frames
         if mined:
             parts.append(mine(ckpt, mined, pipeline, cfg.net.size, px, step("mine", len(mined))))
@@ -336,8 +340,6 @@ def fit_classifier(ckpt: Checkpoint, train_coco: Sequence[Path], out: Path, val_
                           "lr": cfg.lr, "seed": cfg.seed, "pixel_size_um": px, "class_power": cfg.class_power},
                **({"library": str(library), "library_held_out": library_held_out, "library_seed": library_seed}
                   if library is not None else {}), **metrics}
-    if lib is not None:
-        lib.close()
     new = ckpt.with_classifier(cfg.net, net.state_dict(), trained)
     if own:
         new = dataclasses.replace(new, classes=classes, detector_classes=ckpt.network_classes)
@@ -345,24 +347,11 @@ def fit_classifier(ckpt: Checkpoint, train_coco: Sequence[Path], out: Path, val_
     return new
 
 
-def _taxa_classes(train_coco: Sequence[Path], image_root: Path | None, polarity: Polarity,
-                  lib: "VignetteLibrary | None") -> ClassMap:
-    """The annotation files' categories, then the library's taxa they lack (plankton when living)."""
-    import json as _json
-
-    from .train_data import _merge_categories, _Report
-
-    docs = [_json.loads(Path(p).read_text(encoding="utf-8")) for p in train_coco]
-    report = _Report()
-    categories, _ = _merge_categories([Path(p) for p in train_coco], docs, None, report)
-    report.raise_errors()
-    base = ClassMap.from_coco_categories(categories)
-    names, plankton = list(base.names), list(base.is_plankton)
-    for name in (lib.taxon_names if lib is not None else []):
-        if name not in names:
-            names.append(name)
-            plankton.append(lib.taxa[name].living)
-    return ClassMap(tuple(names), tuple(plankton))
+def _taxa_classes(train_coco: Sequence[Path], living: dict[str, bool]) -> ClassMap:
+    """The annotation files' categories, then the library's taxa they lack (``living``: plankton or not)."""
+    base = ClassMap.from_coco_categories(coco_categories(list(train_coco)))
+    extra = [n for n in living if n not in base.names]
+    return ClassMap(base.names + tuple(extra), base.is_plankton + tuple(living[n] for n in extra))
 
 
 # --- from a vignette library ---------------------------------------------------------------
@@ -377,8 +366,7 @@ def library_vignette_set(lib: "VignetteLibrary", items: Sequence["LibraryItem"],
     """
     xs, ss, ys, sources = [], [], [], []
     for k, v in enumerate(lib.vignettes(items)):
-        masks = CroppedMasks(np.zeros((1, 2), np.int64), (v.mask,))
-        x, s = vignettes(v.image, masks, v.polarity, v.pixel_size_um or pixel_size_um, size)
+        x, s = organism_vignette(v.image, v.mask, v.polarity, v.pixel_size_um or pixel_size_um, size)
         xs.append(x.astype(np.float16))
         ss.append(s)
         ys.append(labels[v.taxon])

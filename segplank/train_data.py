@@ -227,6 +227,17 @@ def load_coco_frames(coco_paths: Path | Sequence[Path], image_root: Path | None,
     return frames, class_map, categories
 
 
+def coco_categories(coco_paths: Sequence[Path]) -> list[dict]:
+    """The merged categories of COCO files, as ``load_coco_frames`` merges them, without reading a frame."""
+    paths = [Path(p) for p in coco_paths]
+    report = _Report()
+    docs = [_read_json(p, report) for p in paths]
+    report.raise_errors()
+    categories, _ = _merge_categories(paths, docs, None, report)
+    report.raise_errors()
+    return categories
+
+
 def _read_json(path: Path, report: _Report) -> dict:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))

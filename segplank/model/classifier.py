@@ -157,6 +157,13 @@ def vignettes(image: np.ndarray, masks: CroppedMasks, polarity: Polarity, pixel_
     return x, scalars
 
 
+def organism_vignette(image: np.ndarray, mask: np.ndarray, polarity: Polarity, pixel_size_um: float,
+                      size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(1, 2, size, size) vignette and (1, 3) scalars of a library's organism (its mask over the
+    whole of its own vignette image): cut as a frame's object is."""
+    return vignettes(image, CroppedMasks(np.zeros((1, 2), np.int64), (mask,)), polarity, pixel_size_um, size)
+
+
 class VignetteClassifier:
     """Callable stage: full-resolution objects of one frame → (N, K + 1) probabilities (0: not an object)."""
 

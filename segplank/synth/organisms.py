@@ -75,24 +75,13 @@ def load_pool(library: str, split: Split, split_seed: int, held_out: float, pixe
     from ..library import open_library
 
     logger = logging.getLogger("segplank")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # one summary line below, not one per vignette left out
-    try:
-        lib = open_library(Path(library), pixel_size_um=library_pixel_size_um)
-    finally:
-        logger.setLevel(level)
-    with lib:
+    with open_library(Path(library), pixel_size_um=library_pixel_size_um, quiet=True) as lib:
         names = tuple(lib.taxon_names)
         index = {n: k for k, n in enumerate(names)}
         train, test = lib.split(held_out, split_seed)
         items = {"all": lib.items, "train": train, "held_out": test}[split]
         opacity, masks, taxon, scale, sources = [], [], [], [], []
-        logger.setLevel(logging.ERROR)
-        try:
-            usable = list(lib.vignettes(items))
-        finally:
-            logger.setLevel(level)
-        for v in usable:
+        for v in lib.vignettes(items):
             rows, cols = np.flatnonzero(v.mask.any(1)), np.flatnonzero(v.mask.any(0))
             sl = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
             opacity.append(opacity_of(v.image, v.mask, v.polarity, v.background)[sl])

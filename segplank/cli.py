@@ -127,8 +127,7 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
     """Detect, segment, classify, measure and write every object of a cruise. Reruns resume."""
     from .config import ConfigError, load_config
     from .engine import make_runner
-    from .engine.local import RunError
-    from .frames import find_frames
+    from .engine.outdir import Interrupted, RunError
     from .model.checkpoint import DEMO_MODEL, CheckpointError, load_checkpoint
 
     _setup_logging(verbose)
@@ -150,10 +149,6 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
             console.print("[yellow]Using the bundled demo model, trained on synthetic frames only: "
                           "train your own with `segplank train` for real data.[/]")
         runner = make_runner(cfg, ckpt, model_path, threads)
-        total = len(find_frames(cruise_dir, cfg.instrument, exclude=[output]))
-        if total == 0:
-            raise RunError(f"{cruise_dir}: no frames found (looked for {', '.join(cfg.instrument.extensions)} files "
-                           "below it); check the path")
     except (ConfigError, CheckpointError, RunError) as e:
         _fail(str(e))
     progress = Progress(TextColumn("[bold]infer"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
@@ -163,7 +158,7 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
 
         def on_frame(stats, n_obj: int) -> None:
             el = max(1e-6, time.time() - started)
-            progress.update(task, completed=stats.frames_done, total=total - stats.frames_resumed,
+            progress.update(task, completed=stats.frames_done, total=stats.frames_found - stats.frames_resumed,
                             rate=f"{stats.frames_done / el:.2f} frames/s, {stats.objects / el:.0f} objects/s")
 
         started = time.time()
@@ -172,7 +167,13 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
         except RunError as e:
             progress.stop()
             _fail(str(e))
+        except Interrupted as e:
+            progress.stop()
+            _fail(f"{e}: the frames written so far are kept; rerun the same command to resume", 130)
     _summary(stats, output)
+    if stats.interrupted:
+        _fail(f"interrupted ({stats.interrupted}) after {stats.frames_done} frame(s), all written to {output}; "
+              "rerun the same command to resume", 130)
     if stats.frames_done == 0 and stats.frames_resumed == 0:
         raise typer.Exit(1)
 
@@ -466,14 +467,17 @@ def demo(out_dir: Path = typer.Argument(Path("demo_out"), help="Where to write t
     for kind in ("objects", "frames"):
         rewrite_shards(results, kind, lambda df: join_ctd(df, record))
     objects, frames_t = read_objects(results), read_frames(results)
-    volume = read_manifest(results)["config"]["instrument"]["volume_per_frame_l"]
+    volume, source = _volume_per_frame(read_manifest(results), None, results)  # the synthetic cruise states it
+    caption = f"{volume:g} L imaged per frame ({source})"
     conc = concentrations(objects, frames_t, volume, depth_bin_m=10.0)
     (results / "profile").mkdir(exist_ok=True)
     conc.to_csv(results / "profile" / "concentrations.csv", index=False)
-    profile_figure(conc, results / "profile" / "profile.png")
-    track_map(frames_t, objects, results / "profile" / "track.png", volume_per_frame_l=volume, distance_bin_km=0.1)
+    profile_figure(conc, results / "profile" / "profile.png", title=f"Plankton concentration per depth bin\n{caption}")
+    track_map(frames_t, objects, results / "profile" / "track.png", volume_per_frame_l=volume, distance_bin_km=0.1,
+              title=f"Plankton concentration along the track\n{caption}")
     zips = export_ecotaxa(results, sample_by="all")
-    out.print(f"CTD joined; profile in {results / 'profile'}; EcoTaxa zip {zips[0] if zips else '(no objects)'}")
+    out.print(f"CTD joined; profile in {results / 'profile'}, with {caption}; "
+              f"EcoTaxa zip {zips[0] if zips else '(no objects)'}")
 
 
 @app.command("eval")
@@ -602,10 +606,15 @@ def join_ctd_cmd(run_dir: Path = typer.Argument(..., help="Output folder of `seg
                  ctd_file: Path = typer.Argument(..., help="CTD record: Sea-Bird .cnv or CSV with a time column."),
                  tolerance: float = typer.Option(5.0, min=0, help="Seconds: objects further than this from any CTD sample get NaN."),
                  time_source: str = typer.Option("auto", help="For .cnv: auto, nmea or start_time (which header time starts the cast).")) -> None:
-    """Add the CTD variables (ctd_*) to every object and processed frame, interpolated at their UTC time."""
-    from .ctd import CtdError, join_ctd, read_ctd
+    """Add the CTD variables (ctd_*) to every object and processed frame, interpolated at their UTC time.
+
+    A file without a CTD variable (a navigation file) or without a sample near the run's times is
+    refused before anything is rewritten: its join would replace good ctd_* columns with wrong ones."""
+    import pandas as pd
+
+    from .ctd import CtdError, check_join, join_ctd, read_ctd
     from .export.atomic import write_json
-    from .runs import RunFolderError, read_manifest, rewrite_shards
+    from .runs import RunFolderError, read_frames, read_manifest, read_objects, rewrite_shards
 
     if time_source not in ("auto", "nmea", "start_time"):
         _fail(f"--time-source {time_source!r}: choose auto, nmea or start_time")
@@ -629,12 +638,12 @@ def join_ctd_cmd(run_dir: Path = typer.Argument(..., help="Output folder of `seg
         _fail(f"{ctd_file}: no usable CTD times (time source: {record.time_source}); "
               "give the file a time column, or for a .cnv an NMEA UTC or start_time header")
     try:
+        check_join(record, pd.concat([read_objects(run_dir, ["time"])["time"], read_frames(run_dir, ["time"])["time"]]),
+                   tolerance_s=tolerance)
         n_obj = rewrite_shards(run_dir, "objects", join)
         n_frames = rewrite_shards(run_dir, "frames", join)
     except (RunFolderError, CtdError) as e:
         _fail(str(e))
-    from .runs import read_frames
-
     frames = read_frames(run_dir)
     added = sorted(c for c in frames.columns if c.startswith("ctd_"))
     missing = int(frames[added[0]].isna().sum()) if added else n_frames
@@ -661,12 +670,32 @@ def _fill_depth(df):
     return df
 
 
+def _volume_per_frame(manifest: dict, given: float | None, run_dir: Path) -> tuple[float, str]:
+    """The litres per frame concentrations divide by, and where it comes from: never a guess,
+    since every concentration scales with it (``given``: --volume-per-frame)."""
+    stated = ((manifest.get("config") or {}).get("instrument") or {}).get("volume_per_frame_l")
+    if given is not None:
+        if given <= 0:
+            _fail(f"--volume-per-frame {given:g}: give the litres imaged per frame, a positive number")
+        if stated is not None and stated != given:
+            console.print(f"[yellow]--volume-per-frame {given:g} L replaces the {stated:g} L the run's config states[/]",
+                          highlight=False)
+        return float(given), "--volume-per-frame"
+    if stated is None:
+        _fail(f"{run_dir}: no volume per frame stated: set instrument.volume_per_frame_l in the config or "
+              "cruise.yaml, or pass --volume-per-frame L")
+    return float(stated), "instrument.volume_per_frame_l of the run"
+
+
 @app.command()
 def profile(run_dir: Path = typer.Argument(..., help="Output folder of `segplank infer` (after `join-ctd` for CTD means)."),
             depth_bin: float = typer.Option(5.0, min=0.1, help="Depth bin, metres."),
             distance_bin: Optional[float] = typer.Option(None, min=0.001, help="Along-track distance bin, km: adds a section GeoTIFF per taxon."),
             taxa: str = typer.Option("plankton", help="plankton or all (non-plankton rows are only there with --keep-non-plankton)."),
-            output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder (default RUN_DIR/profile).")) -> None:
+            output: Optional[Path] = typer.Option(None, "-o", "--output", help="Folder (default RUN_DIR/profile)."),
+            volume_per_frame: Optional[float] = typer.Option(
+                None, "--volume-per-frame", help="Litres of water imaged per frame (default: the run's "
+                "instrument.volume_per_frame_l; with neither, no concentrations).")) -> None:
     """Concentrations (ind. m⁻³) per taxon and depth bin, with CTD means; profile, track map and section."""
     from .concentration import concentrations
     from .plots import profile_figure, section_geotiff, track_map
@@ -679,7 +708,8 @@ def profile(run_dir: Path = typer.Argument(..., help="Output folder of `segplank
         _fail(str(e))
     if taxa not in ("plankton", "all"):
         _fail(f"--taxa {taxa!r}: choose plankton or all")
-    volume = manifest["config"]["instrument"]["volume_per_frame_l"]
+    volume, source = _volume_per_frame(manifest, volume_per_frame, run_dir)
+    caption = f"{volume:g} L imaged per frame ({source})"
     dest = output or run_dir / "profile"
     dest.mkdir(parents=True, exist_ok=True)
     conc = concentrations(objects, frames, volume, depth_bin_m=depth_bin, taxa=taxa)
@@ -688,10 +718,11 @@ def profile(run_dir: Path = typer.Argument(..., help="Output folder of `segplank
               "(ctd*.csv or *.cnv) in the cruise folder before `infer`, or run `segplank join-ctd` first")
     conc.to_csv(dest / "concentrations.csv", index=False)
     conc.to_parquet(dest / "concentrations.parquet", index=False)
-    profile_figure(conc, dest / "profile.png")
+    profile_figure(conc, dest / "profile.png", title=f"Plankton concentration per depth bin\n{caption}")
     written = ["concentrations.csv", "concentrations.parquet", "profile.png"]
     if frames[["lat", "lon"]].notna().all(axis=1).any():
-        track_map(frames, objects, dest / "track.png", volume_per_frame_l=volume, distance_bin_km=distance_bin or 1.0)
+        track_map(frames, objects, dest / "track.png", volume_per_frame_l=volume, distance_bin_km=distance_bin or 1.0,
+                  title=f"Plankton concentration along the track\n{caption}")
         written.append("track.png")
     else:
         console.print("no frame has a position (no navigation record): no track map")
@@ -703,7 +734,7 @@ def profile(run_dir: Path = typer.Argument(..., help="Output folder of `segplank
             section_geotiff(section, dest / name, taxon=taxon)
             written.append(name)
     ex = conc.attrs.get("excluded_frames", 0)
-    out.print(f"wrote {', '.join(written)} in {dest}"
+    out.print(f"wrote {', '.join(written)} in {dest}, with {caption}"
               + (f"; {ex} frames without a depth were left out" if ex else ""))
 
 

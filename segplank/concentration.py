@@ -79,20 +79,28 @@ def _select_taxa(objects: pd.DataFrame, taxa: Taxa) -> tuple[pd.DataFrame, list[
     return chosen, sorted(chosen["label_name"].dropna().unique())
 
 
+def _require_volume(volume_per_frame_l: float | None) -> None:
+    """Every concentration scales with the volume: an unstated one is refused, never assumed."""
+    if volume_per_frame_l is None:
+        raise ValueError("no volume per frame stated: set instrument.volume_per_frame_l in the config or "
+                         "cruise.yaml, or pass --volume-per-frame L")
+
+
 def _require(table: pd.DataFrame, name: str, columns: Sequence[str]) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise ValueError(f"{name} table lacks column(s) {missing}")
 
 
-def concentrations(objects: pd.DataFrame, frames: pd.DataFrame, volume_per_frame_l: float, *,
+def concentrations(objects: pd.DataFrame, frames: pd.DataFrame, volume_per_frame_l: float | None, *,
                    depth_bin_m: float = 5.0, distance_bin_m: float | None = None,
                    taxa: Taxa = "plankton") -> pd.DataFrame:
     """Objects per m³ per taxon and depth bin (and along-track distance bin if ``distance_bin_m``).
 
     Bins are aligned on 0 (depth [0, 5), [5, 10) … m; distance from the first frame's
     position), lower edge included. Objects fall in the bin of their own depth and time; a
-    bin's volume is (processed frames in it) × ``volume_per_frame_l`` / 1000. Only bins that
+    bin's volume is (processed frames in it) × ``volume_per_frame_l`` / 1000 (None, not stated:
+    ValueError; the value is a column of the table). Only bins that
     hold frames get rows, each with every taxon (count 0 where none was seen). ``taxa`` is
     "plankton" (``is_plankton`` objects), "all", or explicit names (so that a taxon absent from
     this cruise still gets its zeros). Frames and objects with NaN depth (or outside the track,
@@ -100,6 +108,7 @@ def concentrations(objects: pd.DataFrame, frames: pd.DataFrame, volume_per_frame
     ``attrs["excluded_objects"]``; objects in a bin without frames (no volume to divide by) in
     ``attrs["unbinned_objects"]``.
     """
+    _require_volume(volume_per_frame_l)
     if volume_per_frame_l <= 0 or depth_bin_m <= 0 or (distance_bin_m is not None and distance_bin_m <= 0):
         raise ValueError("volume_per_frame_l, depth_bin_m and distance_bin_m must be positive")
     _require(frames, "frames", ["time", "lat", "lon", "depth_m"])
@@ -124,9 +133,11 @@ def concentrations(objects: pd.DataFrame, frames: pd.DataFrame, volume_per_frame
     if distance_bin_m is not None:
         out["distance_max_km"] = np.round(out["distance_min_km"] + distance_bin_m / 1000, 9)
         edges += ["distance_min_km", "distance_max_km"]
+    out["volume_per_frame_l"] = float(volume_per_frame_l)  # in the table: a CSV read alone says what it assumed
     out["volume_m3"] = out["frames"] * volume_per_frame_l / 1000
     out["concentration_ind_m3"] = out["count"] / out["volume_m3"]
-    out = out[edges + ["taxon", "count", "frames", "volume_m3", "concentration_ind_m3"] + [f"mean_{c}" for c in ctd]]
+    out = out[edges + ["taxon", "count", "frames", "volume_per_frame_l", "volume_m3", "concentration_ind_m3"]
+              + [f"mean_{c}" for c in ctd]]
     out = out.sort_values(keys + ["taxon"], ignore_index=True)
     out.attrs.update(excluded_frames=int(excluded_frames), excluded_objects=int(excluded_objects),
                      unbinned_objects=int(len(o) - inside), depth_bin_m=float(depth_bin_m),
@@ -135,7 +146,7 @@ def concentrations(objects: pd.DataFrame, frames: pd.DataFrame, volume_per_frame
     return out
 
 
-def track_concentrations(objects: pd.DataFrame, frames: pd.DataFrame, volume_per_frame_l: float, *,
+def track_concentrations(objects: pd.DataFrame, frames: pd.DataFrame, volume_per_frame_l: float | None, *,
                          distance_bin_km: float = 1.0) -> pd.DataFrame:
     """Plankton per m³ (all depths, all plankton taxa) per along-track distance bin, for a map.
 
@@ -143,6 +154,7 @@ def track_concentrations(objects: pd.DataFrame, frames: pd.DataFrame, volume_per
     (mean of its frames' positions), ``count``, ``frames``, ``volume_m3``,
     ``concentration_ind_m3``. Depth plays no part, so frames without depth still count.
     """
+    _require_volume(volume_per_frame_l)
     if volume_per_frame_l <= 0 or distance_bin_km <= 0:
         raise ValueError("volume_per_frame_l and distance_bin_km must be positive")
     plankton = objects[objects["is_plankton"].astype(bool)]

@@ -6,6 +6,8 @@ wrong key or value fails at start with the file, the key, the value and what is 
 """
 from __future__ import annotations
 
+import difflib
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 CONFIG_VERSION = 1
 Polarity = Literal["dark_on_bright", "bright_on_dark"]
 Device = Literal["auto", "cpu", "cuda"]
+log = logging.getLogger("segplank")
 
 
 class ConfigError(ValueError):
@@ -31,14 +34,18 @@ class InstrumentConfig(_Section):
     name: str = "ISIIS"
     polarity: Polarity = "dark_on_bright"  # shadowgraph (ISIIS) or lit (UVP)
     pixel_size_um: float = Field(10.0, gt=0)
-    volume_per_frame_l: float = Field(1.0, gt=0)
+    # litres of water imaged per frame: every concentration scales with it, so it has no default;
+    # None (not stated) and `segplank profile` refuses to compute concentrations
+    volume_per_frame_l: float | None = Field(None, gt=0)
     frame_rate_hz: float = Field(2.0, gt=0)
     # The frame's UTC time is read from its file name: `timestamp_regex` must have a group
     # named `ts`, parsed with `timestamp_format` (strptime). Frames without a match fall
-    # back to the index file or file order.
+    # back to the index file or file order. An optional group `frame` (digits) is a frame counter:
+    # the time is ts + frame / frame_rate_hz (MBARI CFE ISIIS `..._0042.jpg`). configs/ has the
+    # patterns of UVP5, UVP6, ISIIS and CFE ISIIS.
     timestamp_regex: str = r"(?P<ts>\d{8}_\d{6}_\d{3})"
     timestamp_format: str = "%Y%m%d_%H%M%S_%f"
-    extensions: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".avi")  # an AVI: its frames, in order
+    extensions: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".avi")  # a video (AVI, MP4, MOV) or multi-page TIFF: its frames, in order
     # line-scan cameras (ISIIS): lines per second. When set, an object's time is its frame's
     # start time + the row of its centroid / line_rate_hz, so position and depth are those of
     # its own line; None: every object takes its frame's time (UVP, or an unknown rate)
@@ -130,6 +137,7 @@ class MeasureConfig(_Section):
 class OutputConfig(_Section):
     shard_objects: int = Field(20000, ge=1)  # objects buffered per Parquet shard
     shard_frames: int = Field(200, ge=1)  # frames at most per shard, so progress is saved often
+    shard_seconds: float = Field(60.0, gt=0)  # and at most this much work: what a kill or power cut can lose
     coco: bool = True
 
 
@@ -334,9 +342,47 @@ def build_config(data: dict[str, Any], source: str = "config", kind: type[BaseMo
         raise ConfigError(_format_errors(e, source)) from None
 
 
+# What a cruise folder's cruise.yaml may hold: what describes the cruise (its camera, where its
+# navigation and CTD lie), and the synthetic generator's record of how it made the cruise (read
+# by no stage). How the run is made (detector, tiling...) is the run's: the --config file's.
+CRUISE_SECTIONS = ("instrument", "geo")
+CRUISE_RECORDS = ("synth",)
+
+
+def _cruise_sections(cruise: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The sections of ``cruise.yaml`` the pipeline takes; any other key is refused, never dropped."""
+    known = CRUISE_SECTIONS + CRUISE_RECORDS
+    for key in cruise:
+        if key in known:
+            continue
+        if key in PipelineConfig.model_fields:
+            raise ConfigError(f"{path}: section '{key}' describes the run, not the cruise: move it to the --config "
+                              f"file (a cruise.yaml holds {', '.join(known)})")
+        close = difflib.get_close_matches(str(key), known + tuple(PipelineConfig.model_fields), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{path}: unknown section '{key}'{hint}; a cruise.yaml holds {', '.join(known)}")
+    return {k: cruise[k] for k in CRUISE_SECTIONS if k in cruise}
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every non-mapping value of a nested mapping."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def load_config(path: Path | None = None, cruise_dir: Path | None = None,
                 overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Defaults < ``path`` < the cruise's own ``cruise.yaml`` instrument section < overrides."""
+    """Defaults < the ``path`` (--config) file < the cruise's own ``cruise.yaml`` < ``overrides`` (command line).
+
+    The cruise folder describes its cruise, so its ``cruise.yaml`` may set ``instrument`` and
+    ``geo`` (and carry a ``synth`` record); any other section is refused. Each value it
+    changes from what the ``path`` file set is logged as a warning, so a wrong volume or pixel
+    size from either file is never taken silently.
+    """
     data: dict[str, Any] = {}
     sources = []
     if path is not None:
@@ -344,9 +390,15 @@ def load_config(path: Path | None = None, cruise_dir: Path | None = None,
         sources.append(str(path))
     if cruise_dir is not None and (Path(cruise_dir) / "cruise.yaml").is_file():
         cruise_path = Path(cruise_dir) / "cruise.yaml"
-        cruise = read_yaml(cruise_path)
-        if "instrument" in cruise:
-            data = _deep_merge(data, {"instrument": cruise["instrument"]})
+        cruise = _cruise_sections(read_yaml(cruise_path), cruise_path)
+        if cruise:
+            if path is not None:
+                given, forced = _leaves(data), _leaves(overrides or {})
+                for key, new in _leaves(cruise).items():
+                    if given.get(key) is not None and given[key] != new and key not in forced:
+                        log.warning("%s = %r (from %s) is overridden by %r from %s", key, given[key], path, new,
+                                    cruise_path)
+            data = _deep_merge(data, cruise)
             sources.append(str(cruise_path))
     if overrides:
         data = _deep_merge(data, overrides)

@@ -94,7 +94,8 @@ def join_ctd(objects: pd.DataFrame, ctd: CtdRecord, *, time_col: str = "time", t
 
     Objects whose nearest CTD sample with a value is further than ``tolerance_s`` get NaN (a
     gap in the record is not bridged by a guess); within it, beyond the record's ends, the end
-    value holds. ``columns`` defaults to every numeric column of ``ctd.data``.
+    value holds. ``columns`` defaults to every numeric column of ``ctd.data`` but clocks and scan
+    bookkeeping; then a record without a CTD variable (see ``ctd_variables``) raises ``CtdError``.
     """
     names = _join_columns(ctd, columns)
     t_ctd = ctd.data["time"]
@@ -110,6 +111,36 @@ def join_ctd(objects: pd.DataFrame, ctd: CtdRecord, *, time_col: str = "time", t
         fp = pd.to_numeric(ctd.data[name], errors="coerce").to_numpy(np.float64)[order]
         out[f"ctd_{name}"] = _interp_near(x, xp, fp, tolerance_s)
     return out
+
+
+def ctd_variables(ctd: CtdRecord) -> list[str]:
+    """The columns that describe the water: numeric, and neither a clock, scan bookkeeping nor
+    navigation (lat, lon, speed, course, heading, GPS fix). A navigation file has none, so it is
+    told apart from a CTD record, which always has one (pressure or depth at least) in any unit."""
+    return [c for c in _measured(ctd.data) if not _NAVIGATION.match(c)]
+
+
+def check_join(ctd: CtdRecord, times: pd.Series, *, tolerance_s: float = 5.0) -> None:
+    """Raise ``CtdError`` (one line) when joining ``ctd`` at ``times`` could only give wrong or empty
+    columns: no CTD times, no CTD variable (a navigation file), or no time within ``tolerance_s``
+    of a CTD sample (the cast of another day), each of which would replace good ``ctd_*`` columns."""
+    t_ctd = ctd.data["time"]
+    if t_ctd.isna().all():
+        raise CtdError(f"{ctd.source}: no CTD times (time source: {ctd.time_source}); cannot join by time")
+    if not ctd_variables(ctd):
+        raise CtdError(_no_variable(ctd))
+    t_run = _utc(times, "time").dropna()
+    if t_run.empty:
+        return
+    origin = t_ctd.min()
+    xp = np.sort((t_ctd.dropna() - origin).dt.total_seconds().to_numpy(np.float64))
+    x = (t_run - origin).dt.total_seconds().to_numpy(np.float64)
+    if np.isfinite(_interp_near(x, xp, np.zeros_like(xp), tolerance_s)).any():
+        return
+    span = "{:%Y-%m-%d %H:%M:%S} to {:%Y-%m-%d %H:%M:%S}".format
+    raise CtdError(f"{ctd.source}: no CTD sample within {tolerance_s:g} s of any of the {len(t_run)} times to join "
+                   f"(CTD {span(t_ctd.min(), t_ctd.max())}, run {span(t_run.min(), t_run.max())} UTC); "
+                   f"pass the cast recorded during this run")
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -568,13 +599,29 @@ def _numbers(col: pd.Series, name: str, warnings: list[str]) -> pd.Series:
 # ---------------------------------------------------------------- join
 
 _HOUSEKEEPING = re.compile(r"^(time[A-Za-z0-9]*|timestamp|scan|flag|nbin|epoch.*)$", re.IGNORECASE)
+# where the ship was, not what the water was: all a navigation file holds besides its times
+_NAVIGATION = re.compile(r"^(lat|lon|latitude|longitude|speed\w*|sog|cog|course\w*|heading|hdg|hdop|"
+                         r"altitude|n?sat(ellite)?s?|fix\w*|quality|gps\w*)$", re.IGNORECASE)
+
+
+def _measured(data: pd.DataFrame) -> list[str]:
+    """Numeric columns but clocks and scan bookkeeping, which say nothing of the water."""
+    return [c for c in data.columns if c != "time" and pd.api.types.is_numeric_dtype(data[c])
+            and not _HOUSEKEEPING.match(c)]
+
+
+def _no_variable(ctd: CtdRecord) -> str:
+    has = [c for c in ctd.data.columns if c != "time"]
+    return (f"{ctd.source}: no CTD variable (it has {_listed(has) if has else 'only times'}); is it a navigation "
+            f"file? pass the CTD record: a .cnv, or a table with e.g. pressure, depth or temperature")
 
 
 def _join_columns(ctd: CtdRecord, columns: list[str] | None) -> list[str]:
     data = ctd.data
-    if columns is None:  # the measured variables; clocks and scan bookkeeping say nothing of the water
-        return [c for c in data.columns if c != "time" and pd.api.types.is_numeric_dtype(data[c])
-                and not _HOUSEKEEPING.match(c)]
+    if columns is None:  # lat/lon of a CTD that logs its position are joined too, never alone
+        if not ctd_variables(ctd):
+            raise CtdError(_no_variable(ctd))
+        return _measured(data)
     missing = [c for c in columns if c not in data.columns]
     if missing:
         raise ValueError(f"{ctd.source}: no CTD column {missing}; it has {[c for c in data.columns if c != 'time']}")

@@ -126,12 +126,7 @@ class Locator:
             except Exception as e:  # a bad record must not stop the run
                 log.warning("ignored navigation %s: %s (positions will be NaN)", nav_path, e)
         if ctd_path is not None:
-            try:
-                from .ctd import read_ctd
-
-                ctd = Track.from_frame(read_ctd(ctd_path).data, cls.CTD, ctd_path)
-            except Exception as e:
-                log.warning("ignored CTD %s: %s (depths will be NaN)", ctd_path, e)
+            ctd = _ctd_track(ctd_path, cls.CTD)
         if nav is None and ctd is not None and {"lat", "lon"} <= set(ctd.columns):
             nav = ctd  # a CTD that logs its own position
         return cls(nav, ctd, cfg.max_gap_s)
@@ -153,6 +148,30 @@ class Locator:
         if self.nav is not None and "lat" in self.nav.columns and np.isfinite(self.nav.columns["lat"]).any():
             return float(np.nanmean(self.nav.columns["lat"]))
         return _NO_LAT_DEG
+
+
+def _ctd_track(path: Path, columns: dict[str, tuple[str, ...]]) -> Track | None:
+    """The CTD record as a track, its reader's warnings logged once each (rows it skipped are
+    depths lost, and the run's manifest keeps what is logged); None, with one line, for a file
+    that cannot give depths by time, so that its frames are not later called outside the record."""
+    from .ctd import read_ctd
+
+    try:
+        record = read_ctd(path)
+    except Exception as e:  # a bad record must not stop the run
+        log.warning("ignored CTD %s: %s (depths will be NaN)", path, e)
+        return None
+    times = record.data["time"]
+    if times.isna().all():
+        what = ("no time column" if record.time_source == "none" else
+                f"no readable time in its {record.time_source}" if len(times) else "no rows")
+        hint = ("add timeS or timeQ in SBE Data Conversion" if path.suffix.lower() == ".cnv" else
+                "add a 'time' column (ISO 8601 UTC) or 'timestamp' (epoch seconds)")
+        log.warning("ignored CTD %s: %s, so no depth by time (%s); depths will be NaN", path, what, hint)
+        return None
+    for w in record.warnings:
+        log.warning("%s: %s", path, w)
+    return Track.from_frame(record.data, columns, path)
 
 
 def pressure_to_depth(p_dbar: np.ndarray, lat: np.ndarray, fallback_lat: float = _NO_LAT_DEG) -> np.ndarray:

@@ -32,11 +32,6 @@ class FrameInfo:
     pixel_size_um: float = 1.0
     tiles: np.ndarray | None = None  # (T, 4) int x0 y0 x1 y1 of the tile grid used
 
-    @property
-    def frame_id(self) -> str:
-        """Stable id: the file stem, which holds the instrument's timestamp."""
-        return self.path.stem
-
 
 def _index(a: Array, idx) -> Array:
     if isinstance(a, torch.Tensor) and isinstance(idx, np.ndarray):

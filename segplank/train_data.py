@@ -340,11 +340,15 @@ def _check_file(path: Path, doc: dict, root: Path, label_of: dict[int, int], see
             pending[i] = _Pending(where, file, h, w, [])
     for i, a in anns.items():
         where = f"{path.name}: annotation {i}"
-        img = pending.get(a.get("image_id"))
-        if a.get("image_id") not in images:
-            report.error(where, f"image_id {a.get('image_id')} is not in images")
-        elif a.get("category_id") not in label_of:
-            report.error(where, f"unknown category_id {a.get('category_id')}")
+        bad_id = _bad_id(a.get("image_id"), "image_id") or _bad_id(a.get("category_id"), "category_id")
+        if bad_id:
+            report.error(where, bad_id)
+            continue
+        img = pending.get(a["image_id"])
+        if a["image_id"] not in images:
+            report.error(where, f"image_id {a['image_id']} is not in images")
+        elif a["category_id"] not in label_of:
+            report.error(where, f"unknown category_id {a['category_id']}")
         elif "segmentation" not in a:
             report.error(where, "no segmentation (segplank trains masks)")
         elif img is not None:
@@ -357,8 +361,30 @@ def _check_file(path: Path, doc: dict, root: Path, label_of: dict[int, int], see
     return list(pending.values())
 
 
+def _bad_id(value: object, key: str) -> str | None:
+    """Why ``value`` is no COCO id, None when it is one.
+
+    JSON keeps ``"1"`` and ``1`` apart, so a string id would otherwise be reported as
+    "not in images", which sends the user looking for a missing image.
+    """
+    if value is None:
+        return f"no {key}"
+    if isinstance(value, str):
+        return f"{key} '{value}' is a string; COCO ids are integers"
+    if not isinstance(value, int) or isinstance(value, bool):
+        return f"{key} {value!r} is not an integer; COCO ids are integers"
+    return None
+
+
 def _to_rle(ann: dict, h: int, w: int, where: str, report: _Report) -> dict | None:
-    """The annotation's mask as RLE, checked against the image; None when dropped."""
+    """The annotation's mask as RLE, checked against the image; None when dropped.
+
+    RLE counts that do not cover exactly the image's pixels refuse the input (an error, as
+    for every file problem that has no obvious fix), before any training step. Dropping the
+    annotation would teach its object as background, and ignoring its region needs the
+    very mask that is broken; pycocotools itself decodes short counts into whatever memory
+    holds, without an error. A corrupt export is mended by exporting again.
+    """
     seg = ann["segmentation"]
     try:
         if isinstance(seg, list):
@@ -374,6 +400,11 @@ def _to_rle(ann: dict, h: int, w: int, where: str, report: _Report) -> dict | No
         elif isinstance(seg, dict) and "counts" in seg:
             if list(seg.get("size", ())) != [h, w]:
                 report.error(where, f"RLE size {seg.get('size')} differs from its image's [{h}, {w}]")
+                return None
+            problem = _rle_counts_problem(seg["counts"], h * w)
+            if problem:
+                report.error(f"{where} (image {ann['image_id']})", f"its RLE counts do not decode to a {w}x{h} mask "
+                                                                   f"({problem}); re-export the annotation")
                 return None
             extents, rle = [], to_rle(seg, h, w)
         else:
@@ -391,6 +422,50 @@ def _to_rle(ann: dict, h: int, w: int, where: str, report: _Report) -> dict | No
     if any(x0 < 0 or y0 < 0 or x1 > w or y1 > h for x0, y0, x1, y1 in extents):
         report.repair(REPAIR_CLIPPED, where)
     return rle
+
+
+def _rle_counts_problem(counts: object, n_pixels: int) -> str | None:
+    """What is wrong with COCO RLE counts (uncompressed list or compressed string), None if they cover ``n_pixels``."""
+    if isinstance(counts, str):
+        runs = _compressed_runs(counts)
+        if runs is None:
+            return "not a COCO RLE string"
+    elif isinstance(counts, list):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+            return "runs must be non-negative integers"
+        runs = np.array(counts, np.int64)
+    else:
+        return "neither a string nor a list of run lengths"
+    if runs.min(initial=0) < 0:
+        return "a run of negative length"
+    total = int(runs.sum())
+    return None if total == n_pixels else f"their runs cover {total} px, not {n_pixels}"
+
+
+def _compressed_runs(counts: str) -> np.ndarray | None:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``), None if it is not one.
+
+    Each run is 5 bits per character (offset by 48), a 0x20 bit meaning "more follows" and
+    the last character's 0x10 bit the sign; from the third run on, each is stored as the
+    difference to the run two before it.
+    """
+    c = np.frombuffer(counts.encode("utf-8"), np.uint8).astype(np.int64) - 48
+    if c.size == 0 or c.min() < 0 or c.max() > 63 or c[-1] & 0x20:
+        return None
+    ends = np.flatnonzero((c & 0x20) == 0)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts + 1
+    if lengths.max() > 7:  # over 35 bits: no frame has that many pixels
+        return None
+    run_of = np.repeat(np.arange(len(ends)), lengths)
+    shift = 5 * (np.arange(c.size) - starts[run_of])
+    values = np.bincount(run_of, weights=(c & 0x1F) << shift, minlength=len(ends)).astype(np.int64)
+    negative = (c[ends] & 0x10) != 0
+    values[negative] -= np.int64(1) << (5 * lengths[negative])
+    runs = values.copy()
+    runs[1::2] = np.cumsum(values[1::2])
+    runs[2::2] = np.cumsum(values[2::2])
+    return runs
 
 
 def _decode_frame(img: _Pending, polarity: Polarity, report: _Report) -> TrainFrame:

@@ -41,8 +41,9 @@ def _row(conc: pd.DataFrame, depth_min: float, taxon: str) -> pd.Series:
 
 def test_concentration_is_count_over_imaged_volume(cast):
     conc = concentrations(*cast, volume_per_frame_l=2.0)
-    assert list(conc.columns[:7]) == ["depth_min_m", "depth_max_m", "taxon", "count", "frames", "volume_m3",
-                                      "concentration_ind_m3"]
+    assert list(conc.columns[:8]) == ["depth_min_m", "depth_max_m", "taxon", "count", "frames", "volume_per_frame_l",
+                                      "volume_m3", "concentration_ind_m3"]
+    assert (conc["volume_per_frame_l"] == 2.0).all()  # the table says which volume it divided by
     # bins with frames only (0-5, 5-10, 10-15; none at 15-20 or 20-25), each with both plankton taxa
     assert conc[["depth_min_m", "depth_max_m"]].drop_duplicates().values.tolist() == [[0, 5], [5, 10], [10, 15]]
     assert sorted(conc["taxon"].unique()) == ["appendicularian", "copepod"]  # detritus is not plankton
@@ -181,3 +182,63 @@ def test_section_geotiff(transect, tmp_path):
     assert "distance" in tags["x_axis"] and "depth" in tags["y_axis"]
     with pytest.raises(ValueError, match="taxon"):
         section_geotiff(conc, tmp_path / "none.tif", taxon="fish")
+
+
+def test_an_unstated_volume_is_refused_not_assumed(cast):
+    """Issue 18, item 10: every concentration scales with the volume, so None is an error, never 1 L."""
+    with pytest.raises(ValueError, match="no volume per frame stated"):
+        concentrations(*cast, volume_per_frame_l=None)
+    with pytest.raises(ValueError, match="no volume per frame stated"):
+        track_concentrations(*cast, volume_per_frame_l=None)
+
+
+def _fake_run(folder, cast, volume):
+    """A finished run's folder (manifest + one shard of each table), whose config states ``volume``."""
+    import json
+
+    from segplank.config import InstrumentConfig
+
+    objects, frames = cast
+    for kind, table in (("objects", objects), ("frames", frames)):
+        (folder / kind).mkdir(parents=True)
+        table.to_parquet(folder / kind / "part-00000.parquet", index=False)
+    instrument = InstrumentConfig(volume_per_frame_l=volume).model_dump(mode="json")
+    (folder / "manifest.json").write_text(json.dumps({"complete": True, "config": {"instrument": instrument}}))
+    return folder
+
+
+def test_profile_refuses_without_a_stated_volume(cast, tmp_path):
+    from typer.testing import CliRunner
+
+    from segplank.cli import app
+
+    run = _fake_run(tmp_path / "run", cast, None)
+    r = CliRunner().invoke(app, ["profile", str(run)])
+    assert r.exit_code == 2
+    said = " ".join(r.output.split())
+    assert "no volume per frame stated" in said and "--volume-per-frame" in said and str(run) in said
+    assert not (run / "profile").exists()
+    r = CliRunner().invoke(app, ["profile", str(run), "--volume-per-frame", "2"])
+    assert r.exit_code == 0, r.output
+    assert "2 L imaged per frame (--volume-per-frame)" in " ".join(r.output.split())
+    conc = pd.read_csv(run / "profile" / "concentrations.csv")
+    assert (conc["volume_per_frame_l"] == 2.0).all()
+    assert _row(conc, 0.0, "copepod")["concentration_ind_m3"] == pytest.approx(500.0)
+    r = CliRunner().invoke(app, ["profile", str(run), "--volume-per-frame", "0"])
+    assert r.exit_code == 2 and "positive" in r.output
+
+
+def test_profile_uses_and_reports_the_runs_stated_volume(cast, tmp_path):
+    from typer.testing import CliRunner
+
+    from segplank.cli import app
+
+    run = _fake_run(tmp_path / "run", cast, 0.5)
+    r = CliRunner().invoke(app, ["profile", str(run)])
+    assert r.exit_code == 0, r.output
+    assert "0.5 L imaged per frame (instrument.volume_per_frame_l of the run)" in " ".join(r.output.split())
+    conc = pd.read_csv(run / "profile" / "concentrations.csv")
+    assert (conc["volume_per_frame_l"] == 0.5).all()
+    assert _row(conc, 0.0, "copepod")["concentration_ind_m3"] == pytest.approx(3 / (3 * 0.0005))
+    r = CliRunner().invoke(app, ["profile", str(run), "--volume-per-frame", "2"])
+    assert r.exit_code == 0 and "replaces the 0.5 L" in " ".join(r.output.split())

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segplank.ctd import CtdError, CtdRecord, join_ctd, read_ctd
+from segplank.ctd import CtdError, CtdRecord, check_join, ctd_variables, join_ctd, read_ctd
 
 DATA = Path(__file__).parent / "data" / "ctd"
 
@@ -205,3 +205,33 @@ def test_join_skips_bad_flag_samples_per_column():
     assert out["ctd_temperature_c"].tolist() == pytest.approx([13.5181 + (13.4700 - 13.5181) / 4,
                                                                 (13.4987 + 13.5181) / 2], rel=1e-12)
     assert out["ctd_pressure_dbar"].tolist() == pytest.approx([(3.051 + 4.068) / 2, (2.034 + 3.051) / 2], rel=1e-12)
+
+
+def test_a_navigation_file_is_no_ctd_record(tmp_path):
+    """Joined, its lat/lon replaced the CTD columns; now it is refused unless its columns are asked for."""
+    p = tmp_path / "nav.csv"
+    p.write_text("time,lat,lon,speed_kn\n2026-06-01T12:00:00Z,43.0,7.0,5.1\n2026-06-01T12:00:10Z,43.1,7.1,5.2\n")
+    nav = read_ctd(p)
+    assert ctd_variables(nav) == []
+    with pytest.raises(CtdError, match=r"nav.csv: no CTD variable \(it has lat, lon, speed_kn\); is it a navigation "
+                                       r"file\? pass the CTD record") as e:
+        join_ctd(objects_at([5.0]), nav)
+    assert "\n" not in str(e.value)
+    with pytest.raises(CtdError, match="nav.csv: no CTD variable"):
+        check_join(nav, objects_at([5.0])["time"])
+    assert join_ctd(objects_at([5.0]), nav, columns=["lat"])["ctd_lat"].iloc[0] == pytest.approx(43.05)
+    cast = read_ctd(DATA / "nmea_time.cnv")  # a CTD that logs its position: lat/lon still joined beside it
+    assert "lat" not in ctd_variables(cast) and "pressure_dbar" in ctd_variables(cast)
+    assert {"ctd_lat", "ctd_pressure_dbar"} <= set(join_ctd(objects_at([5.0]), cast).columns)
+
+
+def test_check_join_refuses_times_no_sample_is_near():
+    ctd = record(np.array([0.0, 10.0]), temperature_c=np.array([10.0, 20.0]))
+    check_join(ctd, objects_at([14.0, 86400.0])["time"], tolerance_s=5.0)  # one time 4 s after the last sample
+    with pytest.raises(CtdError, match=r"ctd.csv: no CTD sample within 5 s of any of the 2 times to join "
+                                       r"\(CTD 2026-06-01 12:00:00 to 2026-06-01 12:00:10, run 2026-06-01 12:00:16 "
+                                       r"to 2026-06-02 12:00:00 UTC\); pass the cast recorded during this run"):
+        check_join(ctd, objects_at([16.0, 86400.0])["time"], tolerance_s=5.0)
+    check_join(ctd, objects_at([])["time"])  # nothing to join, nothing to refuse
+    with pytest.raises(CtdError, match="notime.txt: no CTD times"):
+        check_join(read_ctd(DATA / "notime.txt"), objects_at([0.0])["time"])

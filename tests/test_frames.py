@@ -14,6 +14,7 @@ from PIL import Image
 
 from segplank import frames as fr
 from segplank.config import ConfigError, InstrumentConfig
+from segplank.export.parquet import frame_key
 from segplank.frames import FrameError, FrameSource, find_frames, parse_timestamp, read_frame
 
 UTC = timezone.utc
@@ -201,7 +202,7 @@ def test_frame_source_skips_bad_files_quietly(cruise: Path, caplog: pytest.LogCa
     assert {s.path.name: s.reason for s in source.skipped}.keys() == BAD.keys()
     for s in source.skipped:
         assert BAD[s.path.name] in s.reason
-    lines = [r.getMessage() for r in caplog.records if r.name == "segplank"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "segplank" and r.getMessage().startswith("skipped")]
     assert len(lines) == len(BAD)
     assert f"skipped {cruise / f'{stamp(7)}.png'}: truncated PNG data (re-copy the file from the instrument disk)" in lines
     captured = capfd.readouterr()
@@ -256,7 +257,8 @@ def test_avi_frames_are_read_in_order_with_their_times(tmp_path):
     frames = find_frames(d, InstrumentConfig(extensions=(".avi",), frame_rate_hz=2.0))
     assert len(frames) == 4 and [f.index for f in frames] == [0, 1, 2, 3]
     assert [(f.timestamp - frames[0].timestamp).total_seconds() for f in frames] == [0, 0.5, 1.0, 1.5]
-    assert len({f.frame_id for f in frames}) == 4 and split_video_frame(frames[2].path)[1] == 2
+    assert len({frame_key(f.path.relative_to(d).as_posix()) for f in frames}) == 4
+    assert split_video_frame(frames[2].path)[1] == 2
     for f, im in zip(frames, images):
         assert np.array_equal(read_frame(f.path), im)  # lossless
     assert np.array_equal(read_frame(frames[1].path), images[1])  # backwards: reopened
@@ -287,3 +289,89 @@ def test_truncated_and_unreadable_avi(tmp_path, caplog, monkeypatch, reader):
     assert find_frames(d, inst) == []
     lines = [r for r in caplog.records if "skipped" in r.getMessage()]
     assert len(lines) == 1 and "not a readable video" in lines[0].getMessage()
+
+
+# --- frames without a time: one warning that says why --------------------------------------
+
+def test_frames_without_a_time_are_reported_once_with_the_reason(tmp_path, caplog):
+    """UVP6 names under the default (ISIIS) pattern, a month 13: one line naming pattern, format, example, fix."""
+    for name in ("20260601-120001-000.png", "20260601-120000-000.png", "ISIIS_20231301_120000_000.png",
+                 f"{stamp(0)}.png", "listed.png"):
+        write(tmp_path / name, png_bytes(GREY8))
+    (tmp_path / "frames.csv").write_text("path,time\nlisted.png,2023-06-01T12:00:01Z\n")
+    with caplog.at_level(logging.WARNING, logger="segplank"):
+        frames = find_frames(tmp_path, INSTRUMENT)
+    assert [f.timestamp is None for f in frames] == [False, False, True, True, True]
+    lines = [r.getMessage() for r in caplog.records if r.name == "segplank"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line.startswith("3 of 5 frames have no time") and "\n" not in line
+    assert f"2 with names that do not match instrument.timestamp_regex '{INSTRUMENT.timestamp_regex}'" in line
+    assert "(e.g. '20260601-120000-000.png')" in line
+    assert "1 with names that match it but hold no valid date for instrument.timestamp_format '%Y%m%d_%H%M%S_%f'" in line
+    assert "'ISIIS_20231301_120000_000.png'" in line
+    assert "cruise.yaml" in line and "configs/" in line and "frames.csv" in line
+    caplog.clear()
+    for name in ("20260601-120001-000.png", "20260601-120000-000.png", "ISIIS_20231301_120000_000.png"):
+        (tmp_path / name).unlink()
+    with caplog.at_level(logging.WARNING, logger="segplank"):
+        find_frames(tmp_path, INSTRUMENT)
+    assert not caplog.records  # every frame has a time: nothing to say
+
+
+# --- multi-page TIFF: each full-size page is a frame of the stream ---------------------------
+
+def test_a_multi_page_tiff_is_read_as_its_pages(tmp_path):
+    pages = RNG.integers(0, 65536, (3, 12, 10), dtype=np.uint16)
+    stack = tiff(tmp_path / f"{stamp(0)}.tif", pages, photometric="minisblack")
+    tiff(tmp_path / f"{stamp(5)}.tif", GREY16)  # one page: a plain frame
+    with tifffile.TiffWriter(tmp_path / f"{stamp(6)}.tif") as w:  # an image and its thumbnail: one frame
+        w.write(GREY16)
+        w.write(GREY16[::2, ::2], subfiletype=1)
+    frames = find_frames(tmp_path, InstrumentConfig(frame_rate_hz=4.0))
+    assert [str(f.path.relative_to(tmp_path)) for f in frames] == [
+        f"{stamp(0)}.tif/{stamp(0)}_00000{k}" for k in range(3)] + [f"{stamp(5)}.tif", f"{stamp(6)}.tif"]
+    assert [f.timestamp for f in frames[:3]] == [datetime(2023, 6, 1, 12, 0, 0, k * 250000, UTC) for k in range(3)]
+    assert fr.split_video_frame(frames[1].path) == (stack, 1)
+    assert frame_key(frames[1].path.relative_to(tmp_path).as_posix()) == f"{stamp(0)}_000001"  # its objects' ids
+    for f, page in zip(frames, pages):
+        assert np.array_equal(read_frame(f.path), page)
+    assert np.array_equal(read_frame(frames[0].path), pages[0])  # backwards
+    assert np.array_equal(read_frame(frames[3].path), GREY16)
+    assert np.array_equal(read_frame(frames[4].path), GREY16)  # the full-size image, not its thumbnail
+    got = [(info.path, pixels) for info, pixels in FrameSource(frames)]
+    assert len(got) == 5 and np.array_equal(got[2][1], pages[2])
+
+
+def test_tiff_stacks_pillow_decodes_and_channel_stacks(tmp_path, caplog):
+    """LZW pages (tifffile lacks the codec here) are decoded by Pillow, page by page; an OME-TIFF of
+    channels is one image, read as its first channel, with a warning."""
+    pages = [Image.fromarray(GREY8 // (k + 1)) for k in range(3)]
+    pages[0].save(tmp_path / f"{stamp(0)}.tif", save_all=True, append_images=pages[1:], compression="tiff_lzw")
+    tiff(tmp_path / f"{stamp(5)}.ome.tif", np.stack([GREY16] * 3), photometric="minisblack",
+         metadata={"axes": "CYX"})
+    with caplog.at_level(logging.WARNING, logger="segplank"):
+        frames = find_frames(tmp_path, INSTRUMENT)
+    assert len(frames) == 4 and frames[3].path.name == f"{stamp(5)}.ome.tif"
+    for f, page in zip(frames, pages):
+        assert np.array_equal(read_frame(f.path), np.asarray(page))
+    assert np.array_equal(read_frame(frames[3].path), GREY16)
+    assert "a TIFF of channels (axes CYX)" in caplog.text
+
+
+def test_a_tiff_stack_cut_short_keeps_its_whole_pages(tmp_path, caplog, capfd):
+    """The pages left are read, the lost ones skipped with the reason; tifffile's own chatter stays off the terminal."""
+    pages = RNG.integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    stack = tiff(tmp_path / f"{stamp(0)}.tif", pages, photometric="minisblack")
+    frames = find_frames(tmp_path, INSTRUMENT)
+    data = stack.read_bytes()
+    stack.write_bytes(data[: len(data) - 64 * 64 // 2])  # the end of the file lost
+    src = FrameSource(frames)
+    got = list(src)
+    assert len(got) >= 1 and np.array_equal(got[0][1], pages[0]) and len(got) + len(src.skipped) == 3
+    assert all("re-copy" in s.reason for s in src.skipped)
+    with caplog.at_level(logging.WARNING, logger="segplank"):
+        find_frames(tmp_path, INSTRUMENT)
+    assert "damaged TIFF" in caplog.text
+    printed = capfd.readouterr()
+    assert "tifffile" not in printed.out + printed.err and "invalid page" not in printed.out + printed.err

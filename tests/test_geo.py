@@ -104,3 +104,49 @@ def test_a_row_with_too_many_fields_is_skipped_too(tmp_path, caplog):
     pos = Locator.from_cruise(tmp_path)(epoch_seconds([datetime(2026, 6, 1, 12, 0, 5, tzinfo=UTC)]))
     assert pos.lat[0] == pytest.approx(40.05)
     assert "more fields than the header" in caplog.text and "ignored navigation" not in caplog.text
+
+
+CNV = ("* Sea-Bird SBE 9 Data File:\n* NMEA UTC (Time) = Jun 01 2026  12:00:00\n# nquan = 3\n# nvalues = 4\n"
+       "# name 0 = timeS: Time, Elapsed [seconds]\n# name 1 = prDM: Pressure, Digiquartz [db]\n"
+       "# name 2 = depSM: Depth [salt water, m]\n*END*\n")
+
+
+def _warnings_naming(caplog, path) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "segplank" and r.levelname == "WARNING"
+            and str(path) in r.getMessage()]
+
+
+@pytest.mark.parametrize("rows, lost", [
+    ("      0.000      1.000      0.990\n      1.000      2.000      1.980\n      2.000      3.000      2.970\n"
+     "      3.000      4.0", "line 12 '3.000      4.0'"),  # the cast ends mid-row
+    ("      0.000      1.000      0.990\n      1.000      1.980\n      2.000      3.000      2.970\n"
+     "      3.000      4.000      3.960\n", "line 10 '1.000      1.980'"),  # a field missing
+])
+def test_locator_logs_the_ctd_readers_warnings_once(tmp_path, caplog, rows, lost):
+    """`infer` once dropped CtdRecord.warnings: rows a damaged .cnv lost went unsaid."""
+    p = tmp_path / "cast.cnv"
+    p.write_text(CNV + rows)
+    with caplog.at_level("WARNING", logger="segplank"):
+        loc = Locator.from_cruise(tmp_path)
+    said = _warnings_naming(caplog, p)
+    skipped = [m for m in said if "not rows of 3 values and were skipped" in m]
+    assert len(skipped) == 1 and skipped[0].startswith(f"{p}: 1 line(s)") and lost in skipped[0]
+    assert [m for m in said if "nvalues = 4 but 3 rows" in m] == [f"{p}: header says nvalues = 4 but 3 rows were read"]
+    assert len(said) == 2
+    t0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC).timestamp()
+    assert loc(np.array([t0 + 2.0])).depth_m[0] == pytest.approx(2.97)  # the rows that read are used
+
+
+@pytest.mark.parametrize("name, text", [("ctd.csv", "depth,temperature\n1.0,14.0\n2.0,13.0\n"),
+                                        ("cast.cnv", "# name 0 = depSM: Depth [salt water, m]\n*END*\n      1.000\n")])
+def test_a_ctd_without_times_is_ignored_with_one_line_saying_so(tmp_path, caplog, name, text):
+    """It was used, then its frames were reported 'outside the CTD record' instead of the missing time column."""
+    p = tmp_path / name
+    p.write_text(text)
+    with caplog.at_level("WARNING", logger="segplank"):
+        loc = Locator.from_cruise(tmp_path)
+    assert loc.ctd is None and loc.depth_source == "none"
+    said = _warnings_naming(caplog, p)
+    assert len(said) == 1 and said[0].startswith(f"ignored CTD {p}: no time column") and said[0].endswith(
+        "depths will be NaN") and "\n" not in said[0]
+    assert np.isnan(loc(np.array([START])).depth_m).all()

@@ -81,6 +81,35 @@ def test_bad_inputs_give_one_line(tmp_path, run):
     assert r.exit_code == 2 and "manifest.json" in r.output
 
 
+def _run_files(run) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_join_ctd_refuses_a_navigation_file_and_leaves_the_run_untouched(run, small_cruise):
+    """nav.csv (time, lat, lon) once exited 0 and replaced the CTD columns with ctd_lat/ctd_lon."""
+    assert runner.invoke(app, ["join-ctd", str(run), str(small_cruise / "ctd.csv")]).exit_code == 0
+    before = _run_files(run)
+    r = runner.invoke(app, ["join-ctd", str(run), str(small_cruise / "nav.csv")])
+    msg = " ".join(r.output.split())
+    assert r.exit_code == 2 and "nav.csv: no CTD variable" in msg and "navigation file?" in msg
+    assert _run_files(run) == before
+    assert "ctd_lat" not in read_objects(run).columns and "ctd_temperature_c" in read_objects(run).columns
+
+
+def test_join_ctd_refuses_a_cast_of_another_year(run, small_cruise, tmp_path):
+    """A cast years away once joined with exit 0 and only a count of frames without CTD."""
+    ctd = pd.read_csv(small_cruise / "ctd.csv")
+    ctd["time"] = (pd.to_datetime(ctd["time"], utc=True) - pd.Timedelta(days=3 * 365)).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    old = tmp_path / "ctd_2023.csv"
+    ctd.to_csv(old, index=False)
+    before = _run_files(run)
+    r = runner.invoke(app, ["join-ctd", str(run), str(old)])
+    msg = " ".join(r.output.split())
+    assert r.exit_code == 2 and "ctd_2023.csv: no CTD sample within 5 s" in msg, r.output
+    assert "CTD 2023-06-02" in msg and "run 2026-06-01" in msg and "pass the cast recorded during this run" in msg
+    assert _run_files(run) == before
+
+
 def test_export_ecotaxa_command_writes_zips_that_pass_the_checker(run, small_cruise):
     r = runner.invoke(app, ["export", "ecotaxa", str(run), "--sample-by", "all", "--no-features"])
     assert r.exit_code == 0, r.output

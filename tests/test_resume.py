@@ -94,3 +94,34 @@ def test_stream_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, cruise
     assert len(t) == 8 and len({r["frame_path"] for r in t}) == 8  # every frame once
     assert sorted(map(tuple, (r.values() for r in t))) == sorted(map(tuple, (r.values() for r in w)))
     assert not list(killed.rglob(".*.tmp"))
+
+
+@pytest.mark.skipif(not CLI.exists(), reason="needs the installed segplank command")
+@pytest.mark.parametrize("workers,stream", [("0", "--no-stream"), ("1", "--no-stream"), ("1", "--stream")])
+def test_ctrl_c_writes_what_is_done_then_resume_equals_an_uninterrupted_run(tmp_path, cruise, tiny_checkpoint,
+                                                                             workers, stream):
+    """Ctrl-C (SIGINT to the whole process group, decode workers too) with one shard for the
+    whole cruise: the frames done are written, not lost, the run says so and exits 130. (A line
+    stream writes a frame once the objects it started are closed: it may hold none yet.)"""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("tiling: {tile_size: 256, overlap: 32}\nfilter: {score_threshold: 0.0}\n")
+    whole = tmp_path / "whole"
+    subprocess.run(_cmd(cruise, whole, tiny_checkpoint, cfg, stream), check=True, capture_output=True)
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cmd(cruise, out, tiny_checkpoint, cfg, stream, "--decode-workers", workers),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "manifest.json").exists():
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, text
+    assert "interrupted (SIGINT)" in text and "rerun the same command to resume" in text
+    done = len(pq.read_table(out / "frames")) if list(out.glob("frames/*.parquet")) else 0
+    assert (0 if stream == "--stream" else 1) <= done < 8, "the frame in hand is finished and written, the rest left"
+
+    r = subprocess.run(_cmd(cruise, out, tiny_checkpoint, cfg, stream), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert _objects(out) == _objects(whole)
+    assert pq.read_table(out / "frames").num_rows == 8

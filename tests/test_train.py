@@ -84,6 +84,19 @@ def test_two_coco_files_merge_by_category_name(tmp_path):
      ["annotation 1", "RLE size [16, 16]", "[32, 32]"]),
     (lambda d: d["images"][0].update(width=40), ["image 1", "32x32 px", "says 40x32"]),
     (lambda d: d["annotations"][0].pop("segmentation"), ["annotation 1", "no segmentation"]),
+    (lambda d: d["annotations"][1].update(segmentation={"size": [32, 32], "counts": "garbage!!"}),
+     ["annotation 2 (image 1)", "its RLE counts do not decode to a 32x32 mask", "re-export the annotation"]),
+    (lambda d: d["annotations"][0].update(segmentation={"size": [32, 32], "counts": "T2880000000000000l1"}),
+     ["annotation 1 (image 1)", "32x32 mask (their runs cover 256 px, not 1024)"]),  # a 16 x 16 mask's counts
+    (lambda d: d["annotations"][0].update(segmentation={"size": [32, 32], "counts": [10, 20]}),
+     ["annotation 1 (image 1)", "32x32 mask (their runs cover 30 px, not 1024)"]),
+    (lambda d: d["annotations"][0].update(segmentation={"size": [32, 32], "counts": [1000, 24.5]}),
+     ["annotation 1 (image 1)", "runs must be non-negative integers"]),
+    (lambda d: d["annotations"][0].update(image_id="1"),
+     ["a.json: annotation 1: image_id '1' is a string; COCO ids are integers"]),
+    (lambda d: d["annotations"][0].update(image_id="img1"), ["annotation 1: image_id 'img1' is a string"]),
+    (lambda d: d["annotations"][0].update(image_id=True), ["annotation 1: image_id True is not an integer"]),
+    (lambda d: d["annotations"][0].update(category_id="2"), ["annotation 1: category_id '2' is a string"]),
 ])
 def test_inconsistent_coco_is_an_error_naming_file_and_annotation(tmp_path, change, words):
     path = write_coco(tmp_path, [square(1), square(2, 16, 16, cat=2)])
@@ -95,6 +108,19 @@ def test_inconsistent_coco_is_an_error_naming_file_and_annotation(tmp_path, chan
     assert "a.json" in str(e.value) and "nothing was trained" in str(e.value)
     for w in words:
         assert w in str(e.value)
+
+
+def test_train_refuses_rle_counts_that_do_not_fit_the_image(tmp_path):
+    """pycocotools decodes short counts from uninitialised memory: refused, naming file, annotation and image."""
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text("iterations: 1\nwarmup_iters: 0\nchip_size: 64\nbatch_size: 1\nmodel:\n  width_mult: 0.25\n"
+                   "  fpn_channels: 16\n  box_head_dim: 32\n  mask_head_channels: 16\n")
+    for counts in ("garbage!!", [10, 20]):
+        path = write_coco(tmp_path, [square(1), square(2, 16, 16, segmentation={"size": [32, 32], "counts": counts})])
+        r = runner.invoke(app, ["train", str(path), "-c", str(cfg), "-o", str(tmp_path / "m.pt")])
+        out = " ".join(r.output.split())
+        assert r.exit_code == 2 and "a.json: annotation 2 (image 1): its RLE counts do not decode to a 32x32 mask" in out
+        assert "re-export the annotation" in out and not (tmp_path / "m.pt").exists()
 
 
 def test_obvious_repairs_are_made_and_counted(tmp_path, caplog):
@@ -304,8 +330,8 @@ def test_the_box_head_learns_from_the_configured_number_of_proposals():
 def test_train_writes_a_usable_self_describing_checkpoint(tmp_path, small_cruise):
     cfg = tmp_path / "t.yaml"
     cfg.write_text("model:\n  width_mult: 0.25\n  fpn_channels: 16\n  box_head_dim: 32\n  mask_head_channels: 16\n"
-                   "  detections_per_tile: 50\n  rpn_post_nms_top_n: 100\n"
-                   "chip_size: 128\nbatch_size: 2\niterations: 3\nwarmup_iters: 1\nval_every: 2\n")
+                   "  detections_per_tile: 50\n  rpn_pre_nms_top_n: 200\n  rpn_post_nms_top_n: 100\n"
+                   "chip_size: 128\nbatch_size: 2\niterations: 3\nwarmup_iters: 1\nval_every: 2\nthreads: 1\n")
     out = tmp_path / "m.pt"
     gt = small_cruise / "ground_truth.coco.json"
     r = runner.invoke(app, ["train", str(gt), "--val", str(gt), "-c", str(cfg), "-o", str(out)])

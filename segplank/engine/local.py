@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,23 +30,20 @@ import pyarrow.parquet as pq
 import torch
 
 from .. import __version__
-from ..config import PipelineConfig, dump_config
+from ..config import OutputConfig, PipelineConfig, dump_config
 from ..export.atomic import atomic_path, write_json
 from ..export.coco import coco_annotations, coco_categories, coco_image, merge_coco_shards, write_coco_shard
-from ..export.parquet import object_rows, write_shard
-from ..frames import SkippedFrame, find_frames
+from ..export.parquet import frame_key, object_rows, write_shard
+from ..frames import SkippedFrame, find_frames, split_video_frame
 from ..geo import Locator, Position, epoch_seconds
 from ..model.checkpoint import Checkpoint, ClassMap, file_sha256
 from ..model.predict import TilePredictor
 from ..structures import Detections, FrameInfo
+from .outdir import RunError, StopRequest, claimed
 from .prefetch import prefetch
 from .stages import FrameCounts, FrameDetector, Postprocessor, TiledFrame, Tiler
 
 log = logging.getLogger("segplank")
-
-
-class RunError(RuntimeError):
-    """The run cannot start; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +79,7 @@ class RunStats:
     stage_seconds: dict[str, float] = field(default_factory=dict)  # decode, tile, model, stitch, measure, write
     geo: dict = field(default_factory=dict)  # records used, depth source, frames outside their coverage
     plankton_names: frozenset[str] = frozenset()
+    interrupted: str = ""  # the signal that stopped the run after a frame (SIGINT, SIGTERM), if one did
 
     @property
     def skipped_tile_share(self) -> float:
@@ -119,7 +118,9 @@ FRAME_SCHEMA = pa.schema([("frame_path", pa.string()), ("frame_index", pa.int64(
                           ("lat", pa.float64()), ("lon", pa.float64()), ("depth_m", pa.float64()),
                           # line stream with stream.flat_field: the flat-field state the frame started
                           # from (``ColumnFlatField.to_bytes``), what a resumed run restores; null otherwise
-                          ("flat_field", pa.binary())])
+                          ("flat_field", pa.binary()),
+                          # the frame's file as processed: a resumed run refuses a frame changed since
+                          ("file_bytes", pa.int64()), ("file_mtime_ns", pa.int64())])
 
 
 # --- the stages, built the same way by every engine ---------------------------------------
@@ -263,12 +264,31 @@ class RunnerBase:
     def engine_info(self) -> dict:
         return {"name": self.engine}
 
+    def run(self, cruise_dir: Path, out_dir: Path, force: bool = False,
+            on_frame: Callable[[RunStats, int], None] | None = None, limit: int | None = None) -> RunStats:
+        """Run (or resume) the cruise into ``out_dir``: locked for this run, its warnings recorded.
+
+        Ctrl-C or SIGTERM ends the run after the frame in hand, with what is done written
+        (``RunStats.interrupted``); a second one stops at once (``Interrupted``).
+        """
+        self.warnings = _WarningLog()
+        log.addHandler(self.warnings)
+        try:
+            with claimed(Path(out_dir)), StopRequest() as self.stop:
+                return self._run(Path(cruise_dir), Path(out_dir), force, on_frame, limit)
+        finally:
+            log.removeHandler(self.warnings)
+
+    def _run(self, cruise_dir: Path, out_dir: Path, force: bool,
+             on_frame: Callable[[RunStats, int], None] | None, limit: int | None) -> RunStats:
+        raise NotImplementedError
+
     def _start(self, cruise_dir: Path, out_dir: Path, force: bool, limit: int | None) -> RunPlan:
         """Check the output folder, list the frames left to do, write the opening manifest."""
         t0 = time.time()
         cruise_dir, out_dir = Path(cruise_dir), Path(out_dir)
         manifest_path = out_dir / "manifest.json"
-        ident = self.identity()
+        ident = {**self.identity(), "cruise": str(cruise_dir.resolve())}
         done = self._check_previous(manifest_path, ident, force, out_dir)
         _remove_temporaries(out_dir)
         _remove_unfinished_shards(out_dir)
@@ -276,10 +296,13 @@ class RunnerBase:
         if not frames:
             raise RunError(f"{cruise_dir}: no frames found (looked for {', '.join(self.cfg.instrument.extensions)} "
                            "files below it); check the path")
+        rels = [_rel(f.path, cruise_dir) for f in frames]
+        _check_frame_keys(rels)
+        _check_unchanged(frames, rels, done, out_dir)
         stats = RunStats(frames_found=len(frames), plankton_names=frozenset(
             n for n, p in zip(self.names, self.ckpt.classes.is_plankton) if p))
-        stats.frames_resumed = sum(1 for f in frames if _rel(f.path, cruise_dir) in done)
-        todo = [f for f in frames if _rel(f.path, cruise_dir) not in done]
+        stats.frames_resumed = sum(1 for r in rels if r in done)
+        todo = [f for f, r in zip(frames, rels) if r not in done]
         rest: list[FrameInfo] = []
         if limit is not None:
             todo, rest = todo[:limit], todo[limit:]
@@ -288,41 +311,55 @@ class RunnerBase:
         self._write_manifest(manifest_path, ident, cruise_dir, stats, final=False)
         return plan
 
+    def _stop_here(self, stats: RunStats) -> bool:
+        """Whether a stop was asked for (checked between frames): the run then ends as interrupted."""
+        stop = getattr(self, "stop", None)
+        if stop is not None and stop.requested:
+            stats.interrupted = stop.signal_name
+        return bool(stats.interrupted)
+
     def _account(self, stats: RunStats, summary: FrameSummary) -> None:
         stats.add(summary)
         if summary.capped:
             log.warning("%s: %d tile(s) reached detections_per_tile=%d; raise it in the model config",
                         summary.path, summary.capped, self.capacity)
 
-    def _check_previous(self, manifest_path: Path, ident: dict, force: bool, out_dir: Path) -> set[str]:
+    def _check_previous(self, manifest_path: Path, ident: dict, force: bool,
+                        out_dir: Path) -> dict[str, tuple[int, int] | None]:
+        """The frames a previous run of the same identity finished (path → size and mtime of its file)."""
         if not manifest_path.exists():
             if out_dir.exists() and any(out_dir.glob("objects/*.parquet")):
                 raise RunError(f"{out_dir}: holds object files but no manifest.json; choose an empty output folder")
-            return set()
+            return {}
         try:
             old = json.loads(manifest_path.read_text())
         except (OSError, json.JSONDecodeError):
             raise RunError(f"{manifest_path}: unreadable manifest; choose another output folder or --force to start afresh") from None
-        same = old.get("config") == ident["config"] and old.get("model", {}).get("sha256") == ident["model_sha256"]
+        other_cruise = old.get("cruise_path") not in (None, ident["cruise"])
+        same = (_run_defining(old.get("config")) == _run_defining(ident["config"])
+                and old.get("model", {}).get("sha256") == ident["model_sha256"] and not other_cruise)
         if not same:
             if not force:
-                raise RunError(f"{out_dir}: holds a run with another config or model; use another -o folder, "
-                               "or --force to replace it")
+                what = (f"the cruise {old['cruise_path']}" if other_cruise else "a run with another config or model")
+                raise RunError(f"{out_dir}: holds {what}; use another -o folder, or --force to replace it")
             _clear(out_dir)
-            return set()
+            return {}
         if force:
             _clear(out_dir)
-            return set()
+            return {}
+        self.warnings.before = list(old.get("warnings") or [])
         if old.get("ctd_join"):  # frames done from here on get no ctd_* columns until joined again
             log.warning("%s: its CTD join (%s) will not cover the frames this run adds; rerun "
                         "`segplank join-ctd` when it ends", out_dir, old["ctd_join"].get("file"))
+        _drop_unreadable_shards(out_dir)
         return _done_frames(out_dir)
 
     def _write_manifest(self, path: Path, ident: dict, cruise_dir: Path, stats: RunStats, final: bool) -> None:
         write_json(path, {
             "segplank_version": __version__,
-            "complete": final,
+            "complete": final and not stats.interrupted,
             "cruise_dir": str(cruise_dir),
+            "cruise_path": ident["cruise"],
             "config": ident["config"],
             "model": {"path": str(self.model_path), "sha256": ident["model_sha256"], "demo": self.ckpt.demo,
                       "classes": self.ckpt.classes.to_dict()},
@@ -338,6 +375,8 @@ class RunnerBase:
             "geo": stats.geo,
             "seconds": round(stats.seconds, 2),
             "stage_seconds": {k: round(v, 3) for k, v in stats.stage_seconds.items()},
+            **({"interrupted": stats.interrupted} if stats.interrupted else {}),
+            "warnings": self.warnings.lines() if getattr(self, "warnings", None) else [],
         })
 
     def _finish(self, plan: RunPlan) -> None:
@@ -386,8 +425,8 @@ class LocalRunner(RunnerBase):
     def engine_info(self) -> dict:
         return {"name": self.engine, "decode_workers": self.decode_workers}
 
-    def run(self, cruise_dir: Path, out_dir: Path, force: bool = False,
-            on_frame: Callable[[RunStats, int], None] | None = None, limit: int | None = None) -> RunStats:
+    def _run(self, cruise_dir: Path, out_dir: Path, force: bool,
+             on_frame: Callable[[RunStats, int], None] | None, limit: int | None) -> RunStats:
         plan = self._start(cruise_dir, out_dir, force, limit)
         if self.stream:
             return self._run_stream(plan, on_frame)
@@ -410,11 +449,13 @@ class LocalRunner(RunnerBase):
                     continue
                 _add_counts(clock, item.seconds)
                 n = self._frame(item.tf, rows, buf, shard, stats)
-                if buf.objects >= self.cfg.output.shard_objects or buf.frames >= self.cfg.output.shard_frames:
+                if buf.full(self.cfg.output):
                     writer.submit(buf, shard)
                     shard, buf = shard + 1, _ShardBuffer()
                 if on_frame:
                     on_frame(stats, n)
+                if self._stop_here(stats):
+                    break
             if buf.frames:
                 writer.submit(buf, shard)
         _add_counts(clock, {"write": writer.seconds})
@@ -512,7 +553,7 @@ class LocalRunner(RunnerBase):
                         out.frame_row["flat_field"] = r.payload["flat_field"]
                         buf.add(out)
                     self._account(stats, summary)
-                    if buf.objects >= self.cfg.output.shard_objects or buf.frames >= self.cfg.output.shard_frames:
+                    if buf.full(self.cfg.output):
                         writer.submit(buf, shard)
                         shard, buf = shard + 1, _ShardBuffer()
                     if on_frame:
@@ -567,6 +608,8 @@ class LocalRunner(RunnerBase):
                                       "flat_field": flat_state})
                 emit(ready)
                 last = i
+                if self._stop_here(stats):
+                    break  # what is open across this frame is left not done, as at a limit
             # a stream's end closes its objects, and so does a next frame done by an earlier run
             # (this one was unreadable then); a run stopped before either leaves them not done
             nxt = last + 1 if last is not None else None
@@ -614,10 +657,16 @@ class _ShardBuffer:
     annotations: list = field(default_factory=list)
     frame_rows: list = field(default_factory=list)
     objects: int = 0
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def frames(self) -> int:
         return len(self.frame_rows)
+
+    def full(self, out: OutputConfig) -> bool:
+        """Whether to write it now: enough objects or frames, or ``shard_seconds`` of work that a kill would lose."""
+        return bool(self.frames) and (self.objects >= out.shard_objects or self.frames >= out.shard_frames
+                                      or time.monotonic() - self.started >= out.shard_seconds)
 
     def add(self, out: FrameOutput) -> None:
         self.tables.append(out.table)
@@ -710,10 +759,68 @@ def _untimed() -> Iterator[None]:
 def _frame_row(rel: str, tf, counts, names: list[str], shard: int, pos: Position) -> dict:
     counts.tiles, counts.tiles_run = len(tf.windows), len(tf.run)
     per = {names[k]: int(n) for k, n in enumerate(counts.per_class[1:]) if n}
+    size, mtime = _file_stamp(tf.frame.path)
     return {"frame_path": rel, "frame_index": tf.frame.index, "shard": shard, "time": tf.frame.timestamp,
             "tiles": len(tf.windows), "tiles_run": len(tf.run), "objects_written": counts.written,
             "counts": json.dumps(per), "rejected": counts.rejected, "lat": float(pos.lat[0]), "lon": float(pos.lon[0]),
-            "depth_m": float(pos.depth_m[0])}
+            "depth_m": float(pos.depth_m[0]), "file_bytes": size, "file_mtime_ns": mtime}
+
+
+def _run_defining(config: dict | None) -> dict | None:
+    """The config without what only later commands read (the imaged volume: ``profile``): stating
+    it after a run started must not make its folder another run's."""
+    if not config:
+        return config
+    return {**config, "instrument": {k: v for k, v in (config.get("instrument") or {}).items()
+                                     if k != "volume_per_frame_l"}}
+
+
+def _file_stamp(path: Path) -> tuple[int | None, int | None]:
+    """Size and modification time (ns) of the file a frame is read from (a video's frame: the video)."""
+    video = split_video_frame(path)
+    try:
+        st = os.stat(video[0] if video is not None else path)
+    except OSError:
+        return None, None
+    return st.st_size, st.st_mtime_ns
+
+
+def _check_frame_keys(rels: list[str]) -> None:
+    """Object ids are made from frame paths (``frame_key``): two frames that would share them are refused."""
+    seen: dict[str, str] = {}
+    for r in rels:
+        k = frame_key(r)
+        if k in seen:
+            raise RunError(f"{seen[k]} and {r} would give their objects the same ids ({k}_00000...); "
+                           "rename one of them")
+        seen[k] = r
+
+
+def _check_unchanged(frames: list[FrameInfo], rels: list[str], done: dict[str, tuple[int, int] | None],
+                     out_dir: Path) -> None:
+    """A frame done by an earlier run must be the same file now (size and mtime), else the run is refused."""
+    changed = [r for f, r in zip(frames, rels) if done.get(r) is not None and _file_stamp(f.path) != done[r]]
+    if changed:
+        raise RunError(f"{out_dir}: {len(changed)} frame(s) changed since this run processed them (size or "
+                       f"modification time), e.g. {changed[0]}; use --force to redo the run, or another -o folder")
+
+
+class _WarningLog(logging.Handler):
+    """Every warning of a run, kept for its manifest (and those of the runs it resumes)."""
+
+    MOST = 1000
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.before: list[str] = []
+        self._seen: dict[str, None] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self._seen) < self.MOST:
+            self._seen.setdefault(record.getMessage(), None)
+
+    def lines(self) -> list[str]:
+        return list(dict.fromkeys([*self.before, *self._seen]))[: self.MOST]
 
 
 def _totals(out_dir: Path) -> tuple[dict[str, int], dict[str, int], int]:
@@ -729,20 +836,25 @@ def _totals(out_dir: Path) -> tuple[dict[str, int], dict[str, int], int]:
 
 
 def _coverage(out_dir: Path, locator: Locator) -> dict[str, int]:
-    """Frames without a position or a depth, over every shard of the output (every run of it);
-    one warning, not one per frame."""
+    """Frames without a time, a position or a depth, over every shard of the output (every run
+    of it); one warning, not one per frame. A frame without a time is not blamed on the records."""
     parts = sorted((out_dir / "frames").glob("part-*.parquet"))
     if not parts:
-        return {"frames": 0, "outside_nav": 0, "outside_ctd": 0}
-    t = pq.read_table(parts, columns=["frame_path", "lat", "depth_m"]).to_pandas()
-    off_nav, off_ctd = t["lat"].isna(), t["depth_m"].isna()
+        return {"frames": 0, "no_time": 0, "outside_nav": 0, "outside_ctd": 0}
+    t = pq.read_table(parts, columns=["frame_path", "time", "lat", "depth_m"]).to_pandas()
+    no_time = t["time"].isna()
+    off_nav, off_ctd = t["lat"].isna() & ~no_time, t["depth_m"].isna() & ~no_time
+    if no_time.any():
+        log.warning("%d of %d frames have no time (see the warning about their file names), so no position "
+                    "or depth either, e.g. %s", no_time.sum(), len(t), t.loc[no_time, "frame_path"].iloc[0])
     if off_nav.any() or off_ctd.any():
         log.warning("%d of %d frames had no position (outside the navigation record: %s) and %d no depth "
                     "(outside the CTD record: %s); their objects have NaN there, e.g. %s",
                     off_nav.sum(), len(t), locator.nav.source if locator.nav else "none found", off_ctd.sum(),
                     locator.ctd.source if locator.ctd else "none found",
                     ", ".join(t.loc[off_nav | off_ctd, "frame_path"].head(3)))
-    return {"frames": len(t), "outside_nav": int(off_nav.sum()), "outside_ctd": int(off_ctd.sum())}
+    return {"frames": len(t), "no_time": int(no_time.sum()), "outside_nav": int(off_nav.sum()),
+            "outside_ctd": int(off_ctd.sum())}
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -752,11 +864,40 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _done_frames(out_dir: Path) -> set[str]:
-    done: set[str] = set()
+def _done_frames(out_dir: Path) -> dict[str, tuple[int, int] | None]:
+    """Frame path → (size, mtime) of its file when processed (None from a run that did not record it)."""
+    done: dict[str, tuple[int, int] | None] = {}
     for p in sorted((out_dir / "frames").glob("part-*.parquet")):
-        done.update(pq.read_table(p, columns=["frame_path"]).column("frame_path").to_pylist())
+        t = pq.read_table(p)
+        paths = t.column("frame_path").to_pylist()
+        if "file_bytes" in t.column_names:
+            stamps = [None if b is None else (b, m) for b, m in zip(t.column("file_bytes").to_pylist(),
+                                                                   t.column("file_mtime_ns").to_pylist())]
+        else:
+            stamps = [None] * len(paths)
+        done.update(zip(paths, stamps))
     return done
+
+
+def _drop_unreadable_shards(out_dir: Path) -> None:
+    """A shard whose files do not read back whole (a power cut can tear what was renamed in place):
+    its frame table goes, so its frames are redone (with one line); its other files go with it."""
+    for frames in sorted((out_dir / "frames").glob("part-*.parquet")):
+        name = frames.name.split(".")[0]
+        objects, coco = out_dir / "objects" / f"{name}.parquet", out_dir / "coco" / f"{name}.json"
+        try:
+            table = pq.read_table(frames)
+            rows = pq.read_metadata(objects).num_rows
+            written = sum(table.column("objects_written").to_pylist())
+            if rows != written:
+                raise ValueError(f"{rows} object rows where its frame table counts {written}")
+            images = json.loads(coco.read_text())["images"]
+            if len(images) != table.num_rows:
+                raise ValueError(f"{len(images)} COCO images for {table.num_rows} frames")
+        except Exception as e:
+            log.warning("%s: shard %s does not read back (%s); its frames will be redone", out_dir, name,
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+            frames.unlink()
 
 
 def _shard_number(path: Path) -> int:

@@ -10,6 +10,7 @@ comes back as a ``SkippedFrame`` marker, and the main process logs and records i
 from __future__ import annotations
 
 import logging
+import signal
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -127,8 +128,15 @@ def prefetch(frames: Sequence[FrameInfo], tiler: Tiler | None, workers: int = 0,
     """
     loader = DataLoader(_Frames(frames, tiler), batch_size=None, shuffle=False, num_workers=workers,
                         prefetch_factor=2 if workers else None, persistent_workers=False,
-                        pin_memory=pin_memory)
+                        pin_memory=pin_memory, worker_init_fn=_leave_signals_to_the_run if workers else None)
     return _unpacked(iter(loader))
+
+
+def _leave_signals_to_the_run(_: int) -> None:
+    """Ctrl-C reaches the whole process group: the run stops after its frame in hand
+    (``outdir.StopRequest``), which needs its workers alive until then."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _unpacked(carriers: Iterator[_Carrier]) -> Iterator[Decoded | SkippedFrame]:

@@ -86,8 +86,8 @@ class RayRunner(RunnerBase):
         return {"name": self.engine, "address": self.address, "actors": self._pool_size,
                 "actor_cpus": self.actor_cpus, "batch_frames": self.batch_frames}
 
-    def run(self, cruise_dir: Path, out_dir: Path, force: bool = False,
-            on_frame: Callable[[RunStats, int], None] | None = None, limit: int | None = None) -> RunStats:
+    def _run(self, cruise_dir: Path, out_dir: Path, force: bool,
+             on_frame: Callable[[RunStats, int], None] | None, limit: int | None) -> RunStats:
         ray = import_ray()
         started_here = self._connect(ray)
         try:
@@ -164,6 +164,8 @@ class RayRunner(RunnerBase):
             self._account(stats, item)
             if on_frame:
                 on_frame(stats, item.objects)
+            if self._stop_here(stats):
+                break  # shards still being written land whole or are redone by the next run
         stats.skipped = [s for _, s in sorted(skipped, key=lambda x: x[0])]
 
 

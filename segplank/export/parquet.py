@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..frames import split_video_frame
 from ..measure import COLUMNS as MEASURE_COLUMNS
 from ..structures import Detections
 from ..taxonomy import taxon_from_prefix
@@ -44,6 +45,18 @@ def groups_of(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(taxon_from_prefix(n, known).group for n in names)
 
 
+def frame_key(frame_path: str) -> str:
+    """A frame's part of its objects' ids: its path in the cruise, folders joined by ``-``, no extension.
+
+    Two casts may both hold ``img_0001.png``: the folders keep their objects apart, and the
+    id depends on nothing but the frame's own path, so it is the same in every run. A
+    video's (or stack's) frames are named by the video's folder and their own name.
+    """
+    p = PurePosixPath(frame_path)
+    folder = p.parent.parent if split_video_frame(Path(frame_path)) is not None else p.parent
+    return "-".join([*(part for part in folder.parts if part not in ("/", ".")), p.stem])
+
+
 def object_rows(dets: Detections, names: list[str], is_plankton: np.ndarray, frame_path: str,
                 time, lat: np.ndarray, lon: np.ndarray, depth: np.ndarray, measures: dict[str, np.ndarray]) -> pa.Table:
     """Rows for one frame's objects (numpy Detections with CroppedMasks, tight boxes)."""
@@ -53,7 +66,7 @@ def object_rows(dets: Detections, names: list[str], is_plankton: np.ndarray, fra
     bw = np.array([b.shape[1] for b in masks.bitmaps], np.int32)
     bh = np.array([b.shape[0] for b in masks.bitmaps], np.int32)
     cols = {
-        "object_id": [f"{f.frame_id}_{k:05d}" for k in range(n)],
+        "object_id": [f"{frame_key(frame_path)}_{k:05d}" for k in range(n)],
         "frame_path": [frame_path] * n,
         "frame_index": np.full(n, f.index, np.int64),
         "time": pa.array(time if time is not None else [None] * n, pa.timestamp("us", tz="UTC")),

@@ -738,6 +738,24 @@ def profile(run_dir: Path = typer.Argument(..., help="Output folder of `segplank
               + (f"; {ex} frames without a depth were left out" if ex else ""))
 
 
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="Output folder of `segplank infer`."),
+           output: Optional[Path] = typer.Option(None, "-o", "--output", help="HTML file (default RUN_DIR/report.html)."),
+           cruise_dir: Optional[Path] = typer.Option(None, help="Where the frames are, if the cruise folder moved since `infer`."),
+           per_taxon: int = typer.Option(8, min=1, help="Vignettes of the least and of the most confident objects per taxon.")) -> None:
+    """One self-contained HTML page of a run, to look at before trusting it: summary, vignettes per taxon, figures, warnings."""
+    from .report import write_report
+    from .runs import RunFolderError
+
+    try:
+        path = write_report(run_dir, output, cruise_dir=cruise_dir, per_taxon=per_taxon)
+    except RunFolderError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"{e.filename or output}: cannot write the report ({e.strerror}); choose another -o")
+    out.print(f"wrote {path}; open it in a browser (one file, images included)")
+
+
 export_app = typer.Typer(no_args_is_help=True, help="Write a run's objects for other tools: EcoTaxa zips, COCO for annotation.")
 app.add_typer(export_app, name="export")
 

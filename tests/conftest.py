@@ -1,11 +1,29 @@
 import json
+import os
 
 import pytest
+import torch
 
 from segplank.config import ModelConfig
 from segplank.model.build import build_model
 from segplank.model.checkpoint import Checkpoint, ClassMap
 from segplank.synth import CATEGORIES, make_cruise
+
+def pytest_configure(config):
+    """Under xdist each worker has a core: one torch thread each (and in the CLI processes the
+    tests start), or two workers' threads fight over two cores and a test takes ten times longer."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Commands that set torch's thread count for their process (train, bench) must not set it for later tests."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
 
 TINY = ModelConfig(name="tiny-test", width_mult=0.25, fpn_channels=16, box_head_dim=32, mask_head_channels=16,
                    tile_size=256, detections_per_tile=50, rpn_pre_nms_top_n=200, rpn_post_nms_top_n=100)

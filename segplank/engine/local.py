@@ -254,6 +254,8 @@ class RunnerBase:
         self.device = device
         self.names = list(ckpt.classes.names)
         self.capacity = ckpt.model_config.detections_per_tile
+        self.warnings = _WarningLog()  # a fresh one per run
+        self.stop: StopRequest | None = None  # while a run is on
 
     def identity(self) -> dict:
         """What must not change between a run and its resumption (how it runs may: no ``engine`` section)."""
@@ -278,6 +280,7 @@ class RunnerBase:
                 return self._run(Path(cruise_dir), Path(out_dir), force, on_frame, limit)
         finally:
             log.removeHandler(self.warnings)
+            self.stop = None
 
     def _run(self, cruise_dir: Path, out_dir: Path, force: bool,
              on_frame: Callable[[RunStats, int], None] | None, limit: int | None) -> RunStats:
@@ -313,9 +316,8 @@ class RunnerBase:
 
     def _stop_here(self, stats: RunStats) -> bool:
         """Whether a stop was asked for (checked between frames): the run then ends as interrupted."""
-        stop = getattr(self, "stop", None)
-        if stop is not None and stop.requested:
-            stats.interrupted = stop.signal_name
+        if self.stop is not None and self.stop.requested:
+            stats.interrupted = self.stop.signal_name
         return bool(stats.interrupted)
 
     def _account(self, stats: RunStats, summary: FrameSummary) -> None:
@@ -376,7 +378,7 @@ class RunnerBase:
             "seconds": round(stats.seconds, 2),
             "stage_seconds": {k: round(v, 3) for k, v in stats.stage_seconds.items()},
             **({"interrupted": stats.interrupted} if stats.interrupted else {}),
-            "warnings": self.warnings.lines() if getattr(self, "warnings", None) else [],
+            "warnings": self.warnings.lines(),
         })
 
     def _finish(self, plan: RunPlan) -> None:

@@ -18,7 +18,8 @@ from rich.table import Table
 
 from . import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# help texts are plain text: rich markup would eat `pip install 'segplank[ray]'`
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Detect, segment, classify and measure plankton in in situ camera frames.")
 console = Console(stderr=True)
 out = Console()
@@ -159,7 +160,7 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
         def on_frame(stats, n_obj: int) -> None:
             el = max(1e-6, time.time() - started)
             progress.update(task, completed=stats.frames_done, total=stats.frames_found - stats.frames_resumed,
-                            rate=f"{stats.frames_done / el:.2f} frames/s, {stats.objects / el:.0f} objects/s")
+                            rate=f"{_rate(stats.frames_done, el)} frames/s, {_rate(stats.objects, el)} objects/s")
 
         started = time.time()
         try:
@@ -178,6 +179,11 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
         raise typer.Exit(1)
 
 
+def _rate(n: float, seconds: float) -> str:
+    """Three significant figures: 0.4 objects/s is not "0 objects/s"."""
+    return f"{n / seconds:.3g}" if seconds > 0 else "-"
+
+
 def _summary(stats, output: Path) -> None:
     t = Table(title=f"segplank infer → {output}", show_header=True)
     t.add_column("")
@@ -192,14 +198,17 @@ def _summary(stats, output: Path) -> None:
     detected = sum(stats.per_class.values())
     plank = sum(n for k, n in stats.per_class.items() if k in stats.plankton_names)
     t.add_row("plankton share of detections", f"{plank / detected:.1%}" if detected else "-")
-    rate = stats.frames_done / stats.seconds if stats.seconds else 0
-    t.add_row("throughput", f"{rate:.2f} frames/s, {detected / max(stats.seconds, 1e-6):.0f} detections/s")
+    if stats.frames_done:  # a run with nothing left to do has no rate
+        t.add_row("throughput", f"{_rate(stats.frames_done, stats.seconds)} frames/s, "
+                                f"{_rate(detected, stats.seconds)} detections/s")
     total = sum(stats.stage_seconds.values())
     if total:
         t.add_row("time per stage", ", ".join(f"{k} {v / total:.0%}" for k, v in stats.stage_seconds.items()))
     out.print(t)
     if stats.per_class:
-        c = Table(title="objects per class", show_header=True)
+        c = Table(title="objects per class", show_header=True,
+                  caption="detected: every object the model found; written: those in the output (plankton at or "
+                          "above its score threshold; non-plankton only with --keep-non-plankton)")
         c.add_column("class")
         c.add_column("detected", justify="right")
         c.add_column("written", justify="right")
@@ -696,7 +705,7 @@ def profile(run_dir: Path = typer.Argument(..., help="Output folder of `segplank
             volume_per_frame: Optional[float] = typer.Option(
                 None, "--volume-per-frame", help="Litres of water imaged per frame (default: the run's "
                 "instrument.volume_per_frame_l; with neither, no concentrations).")) -> None:
-    """Concentrations (ind. m⁻³) per taxon and depth bin, with CTD means; profile, track map and section."""
+    """Concentrations (individuals per m³) per taxon and depth bin, with CTD means; profile, track map and section."""
     from .concentration import concentrations
     from .plots import profile_figure, section_geotiff, track_map
     from .runs import RunFolderError, read_frames, read_manifest, read_objects
@@ -756,7 +765,7 @@ def report(run_dir: Path = typer.Argument(..., help="Output folder of `segplank 
     out.print(f"wrote {path}; open it in a browser (one file, images included)")
 
 
-export_app = typer.Typer(no_args_is_help=True, help="Write a run's objects for other tools: EcoTaxa zips, COCO for annotation.")
+export_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Write a run's objects for other tools: EcoTaxa zips, COCO for annotation.")
 app.add_typer(export_app, name="export")
 
 
@@ -822,7 +831,7 @@ def export_coco_cmd(run_dir: Path = typer.Argument(..., help="Output folder of `
     out.print(f"wrote {path} and its images; correct it in CVAT or Label Studio, then `segplank train {path}`")
 
 
-import_app = typer.Typer(no_args_is_help=True, help="Bring validations back from other tools (EcoTaxa).")
+import_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Bring validations back from other tools (EcoTaxa).")
 app.add_typer(import_app, name="import")
 
 

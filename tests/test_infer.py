@@ -89,6 +89,8 @@ def test_rerun_resumes_and_other_run_is_refused(tmp_path, small_cruise, tiny_che
     assert len(set(table.column("object_id").to_pylist())) == table.num_rows >= first
     assert man["counts"]["objects_written"] == table.num_rows  # totals cover both runs
     assert sum(man["counts"]["written_per_class"].values()) == table.num_rows
+    r = _infer(small_cruise, out, tiny_checkpoint, cfg)  # nothing left to do: no rate to report
+    assert r.exit_code == 0 and "frames already done (resumed)" in r.output and "throughput" not in r.output
     # a different config on the same folder: one clear line, exit 2, nothing lost
     other = tmp_path / "other.yaml"
     other.write_text("tiling:\n  tile_size: 320\n  overlap: 32\n")
@@ -232,3 +234,13 @@ def test_frames_outside_the_records_are_counted_once(tmp_path, small_cruise, tin
     assert (geo["frames"], geo["outside_nav"], geo["outside_ctd"]) == (3, 2, 3)
     assert geo["nav"].endswith("nav.csv") and geo["ctd"] is None
     assert " ".join(r.output.split()).count("had no position") == 1
+
+
+def test_help_reads_as_it_should():
+    """Flags are flags (no `<bool>`), and help text is not eaten as markup."""
+    r = runner.invoke(app, ["infer", "--help"], terminal_width=200)
+    assert r.exit_code == 0
+    assert "pip install 'segplank[ray]'" in r.output and "<bool>" not in r.output
+    assert "--keep-non-plankton " in r.output and "--stream / --no-stream" in r.output
+    top = runner.invoke(app, ["--help"], terminal_width=200).output
+    assert "Concentrations (individuals per m³)" in top

@@ -65,7 +65,7 @@ def confusion_figure(confusion: Mapping, path: Path, *, title: str = "Confusion 
 def pr_figure(curves: Mapping[str, Mapping[str, np.ndarray]], path: Path, *,
               thresholds: Mapping[str, float] | None = None, title: str = "Precision-recall per class") -> Path:
     """One line per class as its score threshold falls; a dot where a chosen threshold sits."""
-    fig = Figure(figsize=(6.5, 5), layout="constrained")
+    fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
     for name, c in curves.items():
         k = _thin(len(c["score"]))
@@ -74,13 +74,13 @@ def pr_figure(curves: Mapping[str, Mapping[str, np.ndarray]], path: Path, *,
             k = np.flatnonzero(c["score"] >= thresholds[name])
             if k.size:
                 ax.plot(c["recall"][k[-1]], c["precision"][k[-1]], "o", color=line.get_color(), ms=5)
-    ax.set_xlim(0, 1.0)
-    ax.set_ylim(0, 1.02)
+    ax.set_xlim(-0.02, 1.02)  # a curve at 0 or 1 is drawn inside the frame, not on its border
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("Recall (share of the class found and named right)")
     ax.set_ylabel("Precision")
     ax.grid(alpha=0.3)
     if curves:
-        ax.legend(loc="lower left", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)  # off the curves
     else:
         ax.text(0.5, 0.5, "no class has both ground truth and predictions", ha="center", va="center")
     ax.set_title(title)

@@ -60,13 +60,16 @@ def _on_grid(values: pd.Series, pos: np.ndarray, n: int) -> np.ndarray:
 
 
 def profile_figure(conc: pd.DataFrame, path: Path, *, ctd: Sequence[str] = ("fluorescence", "oxygen"),
-                   log_x: bool = False, title: str = "Plankton concentration per depth bin") -> Path:
-    """Vertical profile PNG: concentration per taxon as steps over depth bins, beside the bin means
-    of the CTD variables named in ``ctd`` (those with a ``mean_ctd_<name>…`` column).
+                   log_x: bool = False, title: str = "Plankton concentration per depth bin",
+                   most_taxa: int = 8) -> Path:
+    """Vertical profile PNG: one panel per taxon (concentration as steps over depth bins, so no
+    taxon hides another), the sampling effort per bin (frames, litres), and the bin means of
+    the CTD variables named in ``ctd`` (those with a ``mean_ctd_<name>…`` column).
 
     Depth increases downwards; depth bins without frames are drawn as gaps, not zeros (with
-    ``log_x`` zeros cannot be drawn either). Takes a depth-only table from ``concentrations``
-    (no distance bins: pool them first).
+    ``log_x`` zeros cannot be drawn either). The ``most_taxa`` most abundant taxa get panels;
+    the figure says how many others the table holds. Takes a depth-only table from
+    ``concentrations`` (no distance bins: pool them first).
     """
     if conc.empty:
         raise ValueError("no concentration rows to plot")
@@ -75,29 +78,44 @@ def profile_figure(conc: pd.DataFrame, path: Path, *, ctd: Sequence[str] = ("flu
     conc = conc.reset_index(drop=True)  # row labels = positions in ``pos``
     edges, pos = _depth_grid(conc)
     columns = _ctd_columns(conc, ctd)
-    fig = Figure(figsize=(4.5 + 2.5 * len(columns), 6), layout="constrained")
-    axes: list[Axes] = list(fig.subplots(1, 1 + len(columns), sharey=True, squeeze=False)[0])
+    ranked = conc.groupby("taxon")["count"].sum().sort_values(ascending=False, kind="stable")
+    taxa = list(ranked.index[:most_taxa])
+    n = len(taxa) + 1 + len(columns)
+    fig = Figure(figsize=(1.2 + 2.1 * n, 6.2), layout="constrained")
+    axes: list[Axes] = list(fig.subplots(1, n, sharey=True, squeeze=False)[0])
 
-    ax = axes[0]
-    for taxon, rows in conc.groupby("taxon", sort=True):
+    for ax, taxon in zip(axes, taxa):
+        rows = conc[conc["taxon"] == taxon]
         values = _on_grid(rows["concentration_ind_m3"], pos[rows.index], len(edges) - 1)
-        ax.stairs(values, edges, orientation="horizontal", label=str(taxon), linewidth=1.5,
-                  baseline=None)
-    if log_x:
-        ax.set_xscale("log")
-    ax.set_xlabel(CONC_LABEL)
-    ax.set_ylabel("Depth (m)")
-    ax.legend(title="Taxon", fontsize="small")
+        ax.stairs(values, edges, orientation="horizontal", linewidth=1.5, baseline=None)
+        if log_x:
+            ax.set_xscale("log")
+        else:
+            ax.set_xlim(left=0)
+        ax.set_title(f"{taxon}\n(n = {int(ranked[taxon])})", fontsize="medium")
+        ax.set_xlabel(CONC_LABEL, fontsize="small")
+    axes[0].set_ylabel("Depth (m)")
 
     per_bin = conc.drop_duplicates("depth_min_m")
     mids = (edges[:-1] + edges[1:]) / 2
-    for ax, (col, label) in zip(axes[1:], columns):
+    effort = axes[len(taxa)]
+    effort.barh(mids[pos[per_bin.index]], per_bin["frames"], height=0.9 * (edges[1] - edges[0]), color="0.75")
+    effort.set_xlabel("Frames per bin", fontsize="small")
+    effort.set_title("Sampling effort", fontsize="medium")
+    if "volume_per_frame_l" in per_bin.columns:  # the same bars in litres imaged
+        v = float(per_bin["volume_per_frame_l"].iloc[0])
+        litres = effort.secondary_xaxis("top", functions=(lambda f: f * v, lambda l: l / v))
+        litres.set_xlabel("Litres imaged", fontsize="small")
+    for ax, (col, label) in zip(axes[len(taxa) + 1:], columns):
         ax.plot(_on_grid(per_bin[col], pos[per_bin.index], len(mids)), mids, marker="o", markersize=3)
-        ax.set_xlabel(label)
+        ax.set_xlabel(label, fontsize="small")
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].set_ylim(edges[-1], edges[0])  # depth downwards
-    fig.suptitle(title)
+    dz = edges[1] - edges[0]
+    others = len(ranked) - len(taxa)
+    fig.suptitle(f"{title}\n{dz:g} m depth bins, {int(per_bin['frames'].sum())} frames"
+                 + (f"; {others} less abundant taxa in the table, not drawn" if others > 0 else ""))
     return _save(fig, path)
 
 
@@ -118,6 +136,7 @@ def track_map(frames: pd.DataFrame, objects: pd.DataFrame, path: Path, *, volume
     dots = ax.scatter(bins["lon"], bins["lat"], c=bins["concentration_ind_m3"], cmap="viridis", s=30, zorder=2)
     fig.colorbar(dots, ax=ax, label=f"Plankton (ind. m⁻³), {distance_bin_km:g} km bins")
     ax.set_aspect(1 / np.cos(np.radians(np.nanmean(bins["lat"]))), adjustable="datalim")
+    ax.ticklabel_format(useOffset=False, style="plain")  # degrees as degrees, not "+4.312e1"
     ax.set_xlabel("Longitude (°E)")
     ax.set_ylabel("Latitude (°N)")
     ax.grid(alpha=0.3)

@@ -16,6 +16,7 @@ from rasterio.transform import Affine
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from segplank.concentration import track_concentrations
 
@@ -92,6 +93,7 @@ def profile_figure(conc: pd.DataFrame, path: Path, *, ctd: Sequence[str] = ("flu
             ax.set_xscale("log")
         else:
             ax.set_xlim(left=0)
+        ax.xaxis.set_major_locator(MaxNLocator(3))  # a narrow panel: large concentrations must not run together
         ax.set_title(f"{taxon}\n(n = {int(ranked[taxon])})", fontsize="medium")
         ax.set_xlabel(CONC_LABEL, fontsize="small")
     axes[0].set_ylabel("Depth (m)")
@@ -137,6 +139,7 @@ def track_map(frames: pd.DataFrame, objects: pd.DataFrame, path: Path, *, volume
     fig.colorbar(dots, ax=ax, label=f"Plankton (ind. m⁻³), {distance_bin_km:g} km bins")
     ax.set_aspect(1 / np.cos(np.radians(np.nanmean(bins["lat"]))), adjustable="datalim")
     ax.ticklabel_format(useOffset=False, style="plain")  # degrees as degrees, not "+4.312e1"
+    ax.xaxis.set_major_locator(MaxNLocator(4))  # long labels of a short track must not overlap
     ax.set_xlabel("Longitude (°E)")
     ax.set_ylabel("Latitude (°N)")
     ax.grid(alpha=0.3)

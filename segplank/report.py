@@ -34,7 +34,7 @@ from .runs import RunFolderError, frames_root, is_line_stream, read_frames, read
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PAD_PX = 10  # around each box, as in the EcoTaxa export
 MIN_SIDE_PX = 48  # smaller vignettes are enlarged (whole factors, pixels kept square) ...
-MAX_SIDE_PX = 160  # ... larger ones reduced: the galleries stay a grid of cells
+MAX_SIDE_PX = 120  # ... larger ones reduced: the galleries stay a grid of cells
 OUTLINE_BGR = (0, 110, 255)  # the mask's outline: orange stands out on bright and dark frames alike
 _COLUMNS = ["object_id", "frame_path", "frame_index", "label_name", "score", "is_plankton",
             "bbox_x", "bbox_y", "bbox_w", "bbox_h", "esd_um"]
@@ -160,27 +160,29 @@ def _galleries(run_dir: Path, manifest: dict, objects: pd.DataFrame | None, crui
     problem, notes, images = "", [], {}
     try:
         root = frames_root(manifest, run_dir, cruise_dir, [_existing(f) for f in pd.unique(chosen["frame_path"])[:50]])
-    except FileNotFoundError as e:
-        problem = (f"{e}; rerun `segplank report {shlex.quote(str(run_dir))} --cruise-dir PATH` with the folder "
-                   "the frames are in")
-    else:
         masks = _masks(run_dir, chosen["object_id"].drop_duplicates().tolist())
         images, notes = _cut(run_dir, manifest, root, chosen, masks)
+    except FileNotFoundError as e:
+        problem = f"{e}, e.g. `segplank report {shlex.quote(str(run_dir))} --cruise-dir PATH`"
+    except RunFolderError as e:  # a line stream's frame table, read to find each frame's neighbours
+        problem = str(e)
+    missing = "frame not found" if problem else "not cut"
     counts = objects["label_name"].value_counts()
     plankton = objects["is_plankton"].fillna(False).astype(bool).groupby(objects["label_name"]).any()
     out = []
     for taxon in sorted(picks, key=lambda t: (-int(counts[t]), t)):
         least, most = picks[taxon]
         out.append(Gallery(taxon, bool(plankton[taxon]), int(counts[taxon]),
-                           [_vignette(r, images, problem) for r in least.itertuples()],
-                           [_vignette(r, images, problem) for r in most.itertuples()]))
+                           [_vignette(r, images, missing) for r in least.itertuples()],
+                           [_vignette(r, images, missing) for r in most.itertuples()]))
     return out, problem, notes
 
 
-def _vignette(row: Any, images: dict[str, tuple[bytes, bytes, float] | str], problem: str) -> Vignette:
-    got = images.get(row.object_id, problem or "not cut")
+def _vignette(row: Any, images: dict[str, tuple[bytes, bytes, float] | str], missing: str) -> Vignette:
+    got = images.get(row.object_id, missing)
     esd = float(row.esd_um) if row.esd_um is not None and not pd.isna(row.esd_um) else math.nan
-    base = dict(object_id=str(row.object_id), frame_path=str(row.frame_path), score=float(row.score), esd_um=esd)
+    base = {"object_id": str(row.object_id), "frame_path": str(row.frame_path), "score": float(row.score),
+            "esd_um": esd}
     if isinstance(got, str):
         return Vignette(**base, problem=got)
     raw, outlined, zoom = got
@@ -202,7 +204,7 @@ def _cut(run_dir: Path, manifest: dict, root: Path, chosen: pd.DataFrame,
             image, shift = stream.stack(rows) if stream is not None else (read_frame(root / fp), 0)
         except FrameError as e:
             notes.append(f"{root / fp}: {e}; its {len(rows)} vignette(s) are left out")
-            images.update({oid: f"frame unreadable: {e}" for oid in rows["object_id"]})
+            images.update({oid: "frame unreadable" for oid in rows["object_id"]})
             continue
         grey = to_8bit(image)
         fill = int(np.median(grey[::8, ::8]))
@@ -275,7 +277,7 @@ def _figures(run_dir: Path, manifest: dict, frames: dict[str, int] | None) -> li
             hint = what + ": " + make
             if name == "track.png" and (folder / "profile.png").is_file():
                 hint = (f"{what}: no processed frame has a position (no navigation record covers them); "
-                        "`segplank profile` draws it when one does")
+                        "<code>segplank profile</code> draws it when one does")
             out.append(Figure(name, title, None, hint))
             continue
         except OSError as e:
@@ -327,12 +329,12 @@ def _page(run_dir: Path, m: dict, objects: pd.DataFrame | None, objects_problem:
     warnings = [str(w) for w in (m.get("warnings") or [])]
     name = run_dir.resolve().name or str(run_dir)
     written_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    meta = (f'<p class="meta">{_e(run_dir.resolve())} · cruise {_e(m.get("cruise_dir", "?"))} · segplank '
+            f'{_e(m.get("segplank_version", "?"))} · report by segplank {_e(__version__)}, {_e(written_at)}</p>')
+    nav = ('<nav><a href="#summary">Summary</a> <a href="#taxa">Taxa</a> <a href="#galleries">Galleries</a> '
+           f'<a href="#figures">Profile and track</a> <a href="#warnings">Warnings ({len(warnings)})</a></nav>')
     body = [
-        f"<header><h1>segplank run <span class=\"run\">{_e(name)}</span></h1>",
-        f'<p class="meta">{_e(run_dir.resolve())} · cruise {_e(m.get("cruise_dir", "?"))} · segplank '
-        f'{_e(m.get("segplank_version", "?"))} · report by segplank {_e(__version__)}, {_e(written_at)}</p>',
-        '<nav><a href="#summary">Summary</a> <a href="#taxa">Taxa</a> <a href="#galleries">Galleries</a> '
-        f'<a href="#figures">Profile and track</a> <a href="#warnings">Warnings ({len(warnings)})</a></nav></header>',
+        f'<header><h1>segplank run <span class="run">{_e(name)}</span></h1>{meta}{nav}</header>',
         _banners(m, warnings, objects_problem),
         _summary(m, frames),
         _taxa(m, objects, galleries),
@@ -400,7 +402,7 @@ def _summary(m: dict, coverage: dict[str, int] | None) -> str:
         _row("with no time", cov["no_time"], "coverage.no_time", "no time, so no position or depth either"),
         _row("with no position", cov["no_position"], "coverage.no_position"),
         _row("with no depth", cov["no_depth"], "coverage.no_depth"),
-        *([_row("CTD joined after infer", f"{join.get('file')} ({', '.join(join.get('columns') or []) or 'no column'})"),
+        *([_row("CTD joined after infer", f"{join.get('file')} ({', '.join(join.get('columns') or []) or 'none'})"),
            _row("frames without a CTD sample", join.get("frames_without_ctd"), "ctd_join.frames_without_ctd")]
           if join else []),
     ])
@@ -430,7 +432,7 @@ def _summary(m: dict, coverage: dict[str, int] | None) -> str:
              "synthetic training only" if model.get("demo") else ""),
         _row("device / engine", f"{m.get('device', '?')} / {(m.get('engine') or {}).get('name', '?')}"),
         _row("run time (s)", m.get("seconds"), "seconds", "the last run"),
-        _row("frames per second", (this / m["seconds"]) if this and m.get("seconds") else None),
+        _row("frames per second", f"{this / m['seconds']:.3g}" if this and m.get("seconds") else None),
         _row("time per stage", _stages(m.get("stage_seconds") or {})),
     ])
     skipped_t = ""
@@ -468,6 +470,7 @@ def _taxa(m: dict, objects: pd.DataFrame | None, galleries: list[Gallery]) -> st
                     f'<td class="num" data-key="written">{_n(written.get(t, 0))}</td>'
                     f'<td class="num">{_n(c.get("score_threshold"))}</td><td>{link}</td></tr>')
     total_d = sum(detected.values())
+    non_plankton = ", and non-plankton" if ((m.get("config") or {}).get("filter") or {}).get("keep_non_plankton") else ""
     plank = sum(n for t, n in detected.items() if classes.get(t, {}).get("is_plankton"))
     mismatch = ""
     if objects is not None and in_table != {k: v for k, v in written.items() if v}:
@@ -477,10 +480,11 @@ def _taxa(m: dict, objects: pd.DataFrame | None, galleries: list[Gallery]) -> st
             "<tr><th>taxon</th><th></th><th>detected</th><th>written</th><th>class threshold</th><th></th></tr>"
             + "".join(rows)
             + f'<tr class="total"><td>all</td><td></td><td class="num" data-key="detected_total">{_n(total_d)}</td>'
-            f'<td class="num" data-key="objects_written">{_n(counts.get("objects_written"))}</td><td></td><td></td></tr>'
-            f'</table><p class="note">Detected: every detection the model kept after stitching, written or not; '
+            f'<td class="num" data-key="objects_written">{_n(counts.get("objects_written"))}</td><td></td><td></td>'
+            "</tr>"
+            f'</table><p class="note">Detected: every detection, written or not; '
             f"written: the rows of the object table (plankton above their score threshold"
-            f"{', and non-plankton' if ((m.get('config') or {}).get('filter') or {}).get('keep_non_plankton') else ''}). "
+            f"{non_plankton}). "
             f"Plankton share of detections: {f'{plank / total_d:.1%}' if total_d else '-'}.</p></section>")
 
 
@@ -494,10 +498,11 @@ def _gallery_section(galleries: list[Gallery], problem: str, notes: list[str], o
     intro = (f"<p>Per taxon, the {k} least and the {k} most confident objects, each with its score and its "
              f"equivalent spherical diameter (ESD). The box plus {PAD_PX} px on each side, as recorded; vignettes "
              f"are drawn at least {MIN_SIDE_PX} px and at most {MAX_SIDE_PX} px on their longer side, the factor "
-             "shown when not 1.</p>"
-             '<p><label><input type="checkbox" id="show-masks"> show the mask outlines</label></p>')
+             "shown when not 1.</p>")
     if problem:
         intro += f'<p class="banner bad">No vignettes: {_e(problem)}</p>'
+    else:
+        intro += '<p><label><input type="checkbox" id="show-masks"> show the mask outlines</label></p>'
     intro += "".join(f'<p class="banner warn">{_e(n)}</p>' for n in notes)
     parts = []
     for i, g in enumerate(galleries):
@@ -507,7 +512,7 @@ def _gallery_section(galleries: list[Gallery], problem: str, notes: list[str], o
         strips = (_strip(only, g.least) if not g.most else
                   _strip(f"{len(g.least)} least confident", g.least) + _strip(f"{len(g.most)} most confident", g.most))
         parts.append(f'<section class="taxon" id="taxon-{i}" data-taxon="{_e(g.taxon)}">'
-                     f"<h3>{_e(g.taxon)}{kind} <span class=\"count\">{_n(g.count)} {noun}</span></h3>{strips}</section>")
+                     f'<h3>{_e(g.taxon)}{kind} <span class="count">{_n(g.count)} {noun}</span></h3>{strips}</section>')
     return head + intro + '<div class="galleries">' + "".join(parts) + "</div></section>"
 
 
@@ -552,7 +557,8 @@ body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
        max-width: 1180px; margin: 0 auto; padding: 16px 24px 48px; }
 h1 { font-size: 24px; margin: 8px 0 2px; } h1 .run { color: var(--accent); }
 h2 { font-size: 20px; border-bottom: 2px solid var(--line); padding-bottom: 4px; margin-top: 32px; }
-h3 { font-size: 16px; margin: 0 0 6px; } h4 { font-size: 13px; color: var(--muted); margin: 8px 0 4px;
+h3 { font-size: 16px; margin: 0 0 6px; } #skipped { margin-top: 16px; }
+h4 { font-size: 13px; color: var(--muted); margin: 8px 0 4px;
      font-weight: 600; text-transform: uppercase; letter-spacing: .03em; }
 .meta, .note { color: var(--muted); font-size: 13px; } .meta { margin: 0 0 8px; word-break: break-all; }
 nav a { margin-right: 14px; color: var(--accent); text-decoration: none; font-weight: 600; }
@@ -560,10 +566,11 @@ code { background: #eef1f5; padding: 1px 4px; border-radius: 3px; font-size: 13p
 .banner { padding: 8px 12px; border-radius: 6px; border-left: 5px solid; margin: 8px 0; }
 .banner.bad { background: #fdecec; border-color: #c62828; } .banner.warn { background: #fff6e0; border-color: #e0a100; }
 .banner.info { background: #e9f3fa; border-color: var(--accent); }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); gap: 14px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 14px; }
 .card { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px; }
 table { border-collapse: collapse; } .kv { width: 100%; }
-.kv th { width: 46%; text-align: left; font-weight: normal; color: var(--muted); padding: 2px 10px 2px 0; vertical-align: top; }
+.kv th { width: 46%; text-align: left; font-weight: normal; color: var(--muted); padding: 2px 10px 2px 0;
+         vertical-align: top; }
 .kv td { padding: 2px 0; font-variant-numeric: tabular-nums; word-break: break-word; }
 .list th, .list td { border-bottom: 1px solid var(--line); padding: 4px 12px 4px 0; text-align: left; }
 .list td.num { text-align: right; font-variant-numeric: tabular-nums; } .list tr.total td { font-weight: 600; }
@@ -571,15 +578,16 @@ table { border-collapse: collapse; } .kv { width: 100%; }
 .taxon { border-top: 1px solid var(--line); padding-top: 10px; margin-top: 14px; }
 .taxon .count { color: var(--muted); font-weight: normal; font-size: 13px; margin-left: 6px; }
 .cells { display: flex; flex-wrap: wrap; gap: 8px; }
-figure { margin: 0; } .cells figure { width: 172px; background: var(--card); border: 1px solid var(--line);
+figure { margin: 0; } .cells figure { width: 132px; background: var(--card); border: 1px solid var(--line);
         border-radius: 6px; padding: 5px; }
-.pic { height: 164px; display: flex; align-items: center; justify-content: center; background: #8a8f98; border-radius: 3px; }
-.pic img { max-width: 162px; max-height: 162px; image-rendering: pixelated; display: block; }
+.pic { height: 122px; display: flex; align-items: center; justify-content: center; background: #8a8f98;
+       border-radius: 3px; }
+.pic img { max-width: 120px; max-height: 120px; image-rendering: pixelated; display: block; }
 .pic .outlined { display: none; }
 #galleries:has(#show-masks:checked) .pic .raw { display: none; }
 #galleries:has(#show-masks:checked) .pic .outlined { display: block; }
-.noimg { color: #fff; font-size: 12px; padding: 8px; text-align: center; word-break: break-word; }
-figcaption { font-size: 13px; text-align: center; margin-top: 4px; font-variant-numeric: tabular-nums; }
+.noimg { color: #fff; font-size: 12px; padding: 8px; text-align: center; overflow: hidden; max-height: 120px; }
+figcaption { font-size: 12px; text-align: center; margin-top: 4px; font-variant-numeric: tabular-nums; }
 .plot img { max-width: 100%; height: auto; border: 1px solid var(--line); display: block; }
 .plot { margin: 12px 0 20px; } .plot figcaption { text-align: left; color: var(--muted); }
 ol { padding-left: 24px; } li.warning { margin: 4px 0; font-family: ui-monospace, Menlo, Consolas, monospace;

@@ -29,3 +29,13 @@ def test_cropped_rle_round_trip():
     rle = encode_cropped(bm)
     assert rle["size"] == [4, 6]
     assert np.array_equal(mask_utils.decode({"size": [4, 6], "counts": rle["counts"].encode()}).astype(bool), bm)
+
+
+def test_frames_root_finds_a_video_cruise_by_its_video_files(tmp_path):
+    """A video's frames are named ``clip.avi/clip_000001``: the root is the folder holding clip.avi."""
+    from segplank.runs import frames_root
+
+    (tmp_path / "cruise" / "videos").mkdir(parents=True)
+    (tmp_path / "cruise" / "videos" / "clip.avi").write_bytes(b"\0")
+    manifest = {"cruise_dir": str(tmp_path / "cruise")}
+    assert frames_root(manifest, tmp_path / "out", None, ["videos/clip.avi/clip_000001"]) == tmp_path / "cruise"

@@ -187,7 +187,7 @@ def read_nav(path: Path) -> pd.DataFrame:
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(4096)
-    if b"$" in head and (b"GGA," in head or b"RMC," in head or b"ZDA," in head):
+    if b"$" in head and any(k in head for k in (b"GGA,", b"RMC,", b"GLL,", b"ZDA,")):
         from .nmea import read_nmea
 
         return read_nmea(path)

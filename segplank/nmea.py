@@ -1,13 +1,14 @@
 """Raw NMEA 0183 navigation logs → a table of UTC ``time``, ``lat``, ``lon``.
 
-Fixes come from GGA (time of day only) and RMC (date and time) sentences of any talker
-(``$GP``, ``$GN``, ``$IN``…); ZDA sentences only date the GGA fixes. Each GGA takes the date of
-the latest RMC or ZDA before it (before the first one, of the first after it), moved by a day
-when the two lie on opposite sides of midnight. Whatever a logger writes before the ``$`` (its
-own timestamp) is ignored; a sentence whose checksum is present and wrong, that has no fix (GGA
-quality 0, RMC status V), has empty or unreadable fields, or has no date anywhere in the log is
-skipped and counted in ``df.attrs["skipped"]``, as are lines that hold no sentence and fixes
-repeating an earlier fix's time.
+Fixes come from GGA and GLL (time of day only) and RMC (date and time) sentences of any
+talker (``$GP``, ``$GN``, ``$IN``…); ZDA sentences, and an ISO-8601 date-time a logger writes
+before the ``$``, only date the time-of-day fixes. Each takes the date of the latest RMC, ZDA
+or logger time before it (before the first one, of the first after it), moved by a day when
+the two lie on opposite sides of midnight. A sentence whose checksum is present and wrong, that
+has no fix (GGA quality 0, RMC or GLL status V), has empty or unreadable fields, or has no date
+anywhere in the log is skipped and counted in ``df.attrs["skipped"]``, as are lines that hold no
+sentence, sentences of other types (VTG, GSV…) and fixes repeating an earlier fix's time: every
+line is either used or counted.
 
 Plain parsing, not pynmea2: GGA, RMC and ZDA are three fixed comma layouts, and what needs care
 here (the logger prefix, dating GGA from other sentences, counting what was skipped) would be
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SKIP_REASONS = ("not_nmea", "bad_checksum", "no_fix", "empty", "malformed", "no_date", "duplicate_time")
+SKIP_REASONS = ("not_nmea", "bad_checksum", "no_fix", "empty", "malformed", "no_date", "duplicate_time",
+                "other_sentence")
 _DAY_S = 86400.0
 
 
@@ -49,11 +51,12 @@ def read_nmea(path: Path) -> pd.DataFrame:
         except _Skip as e:
             skipped[e.args[0]] += 1
     if not fixes:
-        raise NavError(f"{path}: no usable GGA or RMC fix (skipped: {_counts(skipped)})")
+        raise NavError(f"{path}: no usable GGA, GLL or RMC fix (skipped: {_counts(skipped)})")
     t, lat, lon = _dated(np.array(fixes, np.float64).reshape(-1, 5), np.array(dates, np.float64).reshape(-1, 2))
     skipped["no_date"] = int(np.isnan(t).sum())
     if skipped["no_date"] == len(t):
-        raise NavError(f"{path}: GGA fixes but no RMC or ZDA sentence to date them; log RMC or ZDA as well")
+        raise NavError(f"{path}: GGA or GLL fixes but no RMC or ZDA sentence (nor a logger date) to date them; "
+                       "log RMC or ZDA as well")
     df = _table(t, lat, lon)
     skipped["duplicate_time"] = int(df["time"].duplicated().sum())
     df = df.drop_duplicates("time", keep="first").reset_index(drop=True)
@@ -68,7 +71,16 @@ def _counts(skipped: dict[str, int]) -> str:
 def _read_line(i: int, line: str, fixes: list, dates: list) -> None:
     """Append line ``i``'s fix and/or date; other sentence types are ignored."""
     kind, f = _sentence(line)
-    if kind == "GGA":
+    prefix = _prefix_time(line)
+    if prefix is not None:  # the logger's own clock: dates the time-of-day fixes near it
+        dates.append((i, prefix))
+    if kind == "GLL":  # lat, N/S, lon, E/W, time of day, status
+        if len(f) < 6:
+            raise _Skip("malformed")
+        if f[5] != "A":
+            raise _Skip("no_fix")
+        fixes.append((i, _time_of_day(f[4]), np.nan, *_position(f[0:4])))
+    elif kind == "GGA":
         if len(f) < 6:
             raise _Skip("malformed")
         if f[5] in ("", "0"):
@@ -86,6 +98,23 @@ def _read_line(i: int, line: str, fixes: list, dates: list) -> None:
         if len(f) < 4:
             raise _Skip("malformed")
         dates.append((i, _date(_number(f[1], int), _number(f[2], int), _number(f[3], int)) + _time_of_day(f[0])))
+    elif prefix is None:
+        raise _Skip("other_sentence")  # VTG, GSV...: read, not used (a prefix date is a use)
+
+
+def _prefix_time(line: str) -> float | None:
+    """Seconds since 1970 of an ISO-8601 date-time the logger wrote before the ``$``, else None."""
+    head = line[:max(line.find("$"), 0)].strip().strip(",;")
+    if len(head) < 10:
+        return None
+    try:
+        t = pd.Timestamp(head)
+    except (ValueError, TypeError):
+        return None
+    if pd.isna(t):
+        return None
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    return t.value / 1e9
 
 
 def _sentence(line: str) -> tuple[str, list[str]]:

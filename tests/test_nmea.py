@@ -27,7 +27,7 @@ def test_log_with_every_quirk():
     assert df["lon"].tolist() == pytest.approx([-(71 + (m + 36.75) / 60) for m in minutes], abs=1e-6)
     assert (df["lat"].iloc[0], df["lon"].iloc[0]) == pytest.approx((-33.025, -71.6375), abs=1e-9)
     assert df.attrs["skipped"] == {"not_nmea": 1, "bad_checksum": 1, "no_fix": 3, "empty": 1, "malformed": 1,
-                                   "no_date": 0, "duplicate_time": 1}
+                                   "no_date": 0, "duplicate_time": 1, "other_sentence": 2}  # GSV, VTG
 
 
 def test_north_east_rmc_only_and_other_prefixes(tmp_path):
@@ -57,10 +57,26 @@ def test_zda_dates_the_gga_before_it(tmp_path):
 def test_nothing_usable_is_one_line_naming_the_file(tmp_path):
     gga_only = tmp_path / "gga.nmea"
     gga_only.write_text(sentence("GPGGA,101010.00,1000.0000,N,02000.0000,E,1,08,0.9,1.0,M,0.0,M,,") + "\n")
-    with pytest.raises(NavError, match="gga.nmea: GGA fixes but no RMC or ZDA sentence to date them"):
+    with pytest.raises(NavError, match="gga.nmea: GGA or GLL fixes but no RMC or ZDA sentence"):
         read_nmea(gga_only)
     junk = tmp_path / "junk.nmea"
     bad_checksum = "$GPRMC,120000.00,A,4324.51,N,00736.00,E,,,010626,,,A*00"
     junk.write_text("\n".join(["hello", sentence("GPGSV,1,1,00"), bad_checksum]) + "\n")
-    with pytest.raises(NavError, match=r"junk.nmea: no usable GGA or RMC fix \(skipped: not_nmea 1, bad_checksum 1\)"):
+    with pytest.raises(NavError, match=r"junk.nmea: no usable GGA, GLL or RMC fix \(skipped: not_nmea 1, bad_checksum 1, "
+                                     r"other_sentence 1\)"):
         read_nmea(junk)
+
+
+def test_gll_positions_dated_by_zda_or_by_the_loggers_own_time(tmp_path):
+    """$GPGLL has a time of day only: a ZDA, or an ISO date-time the logger wrote before the $, dates it."""
+    by_zda = tmp_path / "zda.nmea"
+    by_zda.write_text(sentence("GPZDA,101009.00,31,12,2025,00,00") + "\n"
+                      + sentence("GPGLL,1000.0000,N,02000.0000,W,101010.00,A,A") + "\n"
+                      + sentence("GPGLL,1000.0060,N,02000.0060,W,101011.00,V,N") + "\n")  # no fix
+    df = read_nmea(by_zda)
+    assert df["time"].tolist() == [pd.Timestamp("2025-12-31 10:10:10", tz="UTC")]
+    assert (df["lat"].iloc[0], df["lon"].iloc[0]) == (10.0, -20.0)
+    assert df.attrs["skipped"]["no_fix"] == 1
+    by_logger = tmp_path / "logger.nmea"
+    by_logger.write_text("2026-06-01T23:59:59.900Z " + sentence("GPGLL,4324.5100,N,00736.0000,E,000000.10,A,A") + "\n")
+    assert read_nmea(by_logger)["time"].tolist() == [pd.Timestamp("2026-06-02 00:00:00.1", tz="UTC")]  # past midnight

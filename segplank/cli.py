@@ -643,9 +643,6 @@ def join_ctd_cmd(run_dir: Path = typer.Argument(..., help="Output folder of `seg
 
     if not manifest.get("complete", False):
         _fail(f"{run_dir}: the run is not finished (frames left to do); let `segplank infer` complete, then join")
-    if record.data["time"].isna().all():
-        _fail(f"{ctd_file}: no usable CTD times (time source: {record.time_source}); "
-              "give the file a time column, or for a .cnv an NMEA UTC or start_time header")
     try:
         check_join(record, pd.concat([read_objects(run_dir, ["time"])["time"], read_frames(run_dir, ["time"])["time"]]),
                    tolerance_s=tolerance)

@@ -100,7 +100,7 @@ def join_ctd(objects: pd.DataFrame, ctd: CtdRecord, *, time_col: str = "time", t
     names = _join_columns(ctd, columns)
     t_ctd = ctd.data["time"]
     if t_ctd.isna().all():
-        raise CtdError(f"{ctd.source}: no CTD times (time source: {ctd.time_source}); cannot join by time")
+        raise CtdError(_no_times(ctd))
     origin = t_ctd.min()
     xp = (t_ctd - origin).dt.total_seconds().to_numpy(np.float64)
     order = np.argsort(xp, kind="stable")
@@ -126,7 +126,7 @@ def check_join(ctd: CtdRecord, times: pd.Series, *, tolerance_s: float = 5.0) ->
     of a CTD sample (the cast of another day), each of which would replace good ``ctd_*`` columns."""
     t_ctd = ctd.data["time"]
     if t_ctd.isna().all():
-        raise CtdError(f"{ctd.source}: no CTD times (time source: {ctd.time_source}); cannot join by time")
+        raise CtdError(_no_times(ctd))
     if not ctd_variables(ctd):
         raise CtdError(_no_variable(ctd))
     t_run = _utc(times, "time").dropna()
@@ -608,6 +608,11 @@ def _measured(data: pd.DataFrame) -> list[str]:
     """Numeric columns but clocks and scan bookkeeping, which say nothing of the water."""
     return [c for c in data.columns if c != "time" and pd.api.types.is_numeric_dtype(data[c])
             and not _HOUSEKEEPING.match(c)]
+
+
+def _no_times(ctd: CtdRecord) -> str:
+    return (f"{ctd.source}: no usable CTD times (time source: {ctd.time_source}); give the file a time column, "
+            "or for a .cnv an NMEA UTC or start_time header")
 
 
 def _no_variable(ctd: CtdRecord) -> str:

@@ -245,8 +245,10 @@ def split_container_frame(path: Path) -> tuple[Path, int] | None:
     return (path.parent, int(num)) if num.isdigit() and head == path.parent.stem else None
 
 
-video_frame_path = container_frame_path  # the names from when videos were the only containers
-split_video_frame = split_container_frame
+def source_file(path: Path) -> Path:
+    """The file a frame is read from: the video or TIFF stack for one of their frames, else the path."""
+    member = split_container_frame(path)
+    return member[0] if member is not None else Path(path)
 
 
 def _container_frames(path: Path, start: datetime | None, frame_rate_hz: float,
@@ -283,9 +285,10 @@ def _tiff_links_on(path: Path) -> bool:
             head = fh.read(16)
             if not any(head.startswith(magic) for magic, kind in _MAGIC if kind == "TIFF"):
                 return False
-            order = "little" if head.startswith(b"II") else "big"
-            big = head[2:4] in (b"+\x00", b"\x00+")
-            fh.seek(int.from_bytes(head[8:16] if big else head[4:8], order))
+            order, big, first = _tiff_header(head)
+            if first is None:
+                return False
+            fh.seek(first)
             entries = int.from_bytes(fh.read(8 if big else 2), order)
             fh.seek(entries * (20 if big else 12), os.SEEK_CUR)
             link = fh.read(8 if big else 4)
@@ -353,13 +356,9 @@ def _count_stack(path: Path) -> int:
     return len(pages)
 
 
-def count_video_frames(video: Path) -> tuple[int, int]:
-    """(frames with data, frames the header claims; 0 if it does not say), without decoding."""
-    return _video_header(video)[:2]
-
-
 def _video_header(video: Path) -> tuple[int, int, float | None]:
-    """:func:`count_video_frames` and the frame rate the video declares (None if it does not say)."""
+    """(frames with data, frames the header claims: 0 if it does not say, the frame rate it declares:
+    None if it does not say), without decoding."""
     try:
         import av
     except ImportError:
@@ -529,15 +528,19 @@ def _head(path: Path) -> tuple[bytes, int]:
     return head, size
 
 
-def _tiff_directory_inside(head: bytes, size: int) -> bool:
-    """Whether the first image directory starts inside the file (writers often put it last,
-    so a cut file loses it)."""
+def _tiff_header(head: bytes) -> tuple[str, bool, int | None]:
+    """(byte order, BigTIFF, offset of the first image directory or None if the header is cut short)."""
     order = "little" if head.startswith(b"II") else "big"
     big = head[2:4] in (b"+\x00", b"\x00+")
     field = head[8:16] if big else head[4:8]
-    if len(field) < (8 if big else 4):
-        return False
-    return int.from_bytes(field, order) + (8 if big else 2) <= size
+    return order, big, int.from_bytes(field, order) if len(field) == (8 if big else 4) else None
+
+
+def _tiff_directory_inside(head: bytes, size: int) -> bool:
+    """Whether the first image directory starts inside the file (writers often put it last,
+    so a cut file loses it)."""
+    _, big, first = _tiff_header(head)
+    return first is not None and first + (8 if big else 2) <= size
 
 
 def _png_size(head: bytes) -> tuple[int, int]:
@@ -602,8 +605,7 @@ def _read_tiff(path: Path, frame: int | None = None) -> tuple[np.ndarray, str]:
                 page = stack.page(frame)
                 return _tiff_pixels(stack.tif.pages[page]), "RGB"
             with tifffile.TiffFile(path) as tif:
-                page = next((i for i, p in enumerate(tif.pages)
-                             if not int(getattr(p, "subfiletype", 0)) & _NOT_FRAME_PAGE), 0)
+                page = (_stack_pages(tif) or [0])[0]
                 return _tiff_pixels(tif.pages[page]), "RGB"
     except FrameError:
         raise

@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .export.atomic import atomic_path
-from .export.ecotaxa import _StreamFrames, cut_vignette, to_8bit
+from .export.ecotaxa import StreamFrames, cut_vignette, to_8bit
 from .export.rle import decode_cropped
-from .frames import FrameError, read_frame, split_container_frame
+from .frames import FrameError, read_frame
 from .runs import RunFolderError, frames_root, is_line_stream, read_frames, read_manifest, read_objects
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -129,13 +129,6 @@ def _masks(run_dir: Path, ids: list[str]) -> dict[str, str]:
     return found
 
 
-def _existing(frame_path: str) -> str:
-    """The file that holds a frame: a video's or a TIFF stack's own path for their members
-    (``clip.avi/clip_000012`` is no file), what :func:`frames_root` can look for."""
-    member = split_container_frame(Path(frame_path))
-    return str(member[0]) if member is not None else frame_path
-
-
 # --- galleries ---------------------------------------------------------------------------
 
 def _pick(rows: pd.DataFrame, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -159,7 +152,7 @@ def _galleries(run_dir: Path, manifest: dict, objects: pd.DataFrame | None, crui
     chosen = pd.concat([p for pair in picks.values() for p in pair])
     problem, notes, images = "", [], {}
     try:
-        root = frames_root(manifest, run_dir, cruise_dir, [_existing(f) for f in pd.unique(chosen["frame_path"])[:50]])
+        root = frames_root(manifest, run_dir, cruise_dir, list(pd.unique(chosen["frame_path"])[:50]))
         masks = _masks(run_dir, chosen["object_id"].drop_duplicates().tolist())
         images, notes = _cut(run_dir, manifest, root, chosen, masks)
     except FileNotFoundError as e:
@@ -195,7 +188,7 @@ def _cut(run_dir: Path, manifest: dict, root: Path, chosen: pd.DataFrame,
 
     A line-stream run's objects may reach past their frame: the frame is stacked with the
     neighbours they reach, as the EcoTaxa export does."""
-    stream = _StreamFrames(run_dir, root) if is_line_stream(manifest) else None
+    stream = StreamFrames(run_dir, root) if is_line_stream(manifest) else None
     chosen = chosen.drop_duplicates("object_id").sort_values(["frame_index", "frame_path"], kind="stable")
     images: dict[str, tuple[bytes, bytes, float] | str] = {}
     notes = []

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .export.atomic import atomic_path
-from .frames import split_video_frame
+from .frames import source_file
 
 
 class RunFolderError(ValueError):
@@ -63,15 +63,10 @@ def frames_root(manifest: dict, run_dir: Path, cruise_dir: Path | None, frames: 
         candidates = [given] if given.is_absolute() else [Path.cwd() / given, run_dir.parent / given, run_dir / given]
     for root in candidates:
         # an absolute frame path ignores the root; a video's (or TIFF stack's) frame is its file's
-        if any((root / fp).is_file() or _container_file(root / fp) for fp in frames):
+        if any(source_file(root / fp).is_file() for fp in frames):
             return root
     raise FileNotFoundError(f"frame {frames[0]} not found below {', '.join(map(str, candidates))}: "
                             "pass the cruise folder (cruise_dir=... or --cruise-dir)")
-
-
-def _container_file(path: Path) -> bool:
-    member = split_video_frame(path)
-    return member is not None and member[0].is_file()
 
 
 def rewrite_shards(run_dir: Path, kind: str, fn: Callable[[pd.DataFrame], pd.DataFrame]) -> int:

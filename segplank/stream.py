@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .frames import split_video_frame
+from .frames import source_file
 from .structures import CroppedMasks, Detections, FrameInfo
 
 log = logging.getLogger("segplank")
@@ -49,8 +49,7 @@ def stream_key(path: Path, timestamp_regex: str | None = None) -> tuple[str, str
 
     A video frame (``clip.avi/clip_000012``) belongs to its video's folder and naming.
     """
-    video = split_video_frame(path)
-    path = video[0] if video else Path(path)
+    path = source_file(path)
     name = path.name
     if timestamp_regex:
         name = re.sub(timestamp_regex, "#", name)

@@ -195,7 +195,7 @@ def test_join_edge_cases():
         join_ctd(pd.DataFrame({"time": pd.to_datetime(["2026-06-01 12:00"])}), ctd)
     with pytest.raises(ValueError, match="no CTD column"):
         join_ctd(objs, ctd, columns=["oxygen_umol_kg"])
-    with pytest.raises(CtdError, match="notime.txt: no CTD times"):
+    with pytest.raises(CtdError, match="notime.txt: no usable CTD times"):
         join_ctd(objs, read_ctd(DATA / "notime.txt"))
 
 
@@ -233,5 +233,5 @@ def test_check_join_refuses_times_no_sample_is_near():
                                        r"to 2026-06-02 12:00:00 UTC\); pass the cast recorded during this run"):
         check_join(ctd, objects_at([16.0, 86400.0])["time"], tolerance_s=5.0)
     check_join(ctd, objects_at([])["time"])  # nothing to join, nothing to refuse
-    with pytest.raises(CtdError, match="notime.txt: no CTD times"):
+    with pytest.raises(CtdError, match="notime.txt: no usable CTD times"):
         check_join(read_ctd(DATA / "notime.txt"), objects_at([0.0])["time"])

@@ -251,14 +251,14 @@ def _avi_cruise(tmp_path, n=4):
 
 def test_avi_frames_are_read_in_order_with_their_times(tmp_path):
     from segplank.config import InstrumentConfig
-    from segplank.frames import find_frames, read_frame, split_video_frame
+    from segplank.frames import find_frames, read_frame, split_container_frame
 
     d, images = _avi_cruise(tmp_path)
     frames = find_frames(d, InstrumentConfig(extensions=(".avi",), frame_rate_hz=2.0))
     assert len(frames) == 4 and [f.index for f in frames] == [0, 1, 2, 3]
     assert [(f.timestamp - frames[0].timestamp).total_seconds() for f in frames] == [0, 0.5, 1.0, 1.5]
     assert len({frame_key(f.path.relative_to(d).as_posix()) for f in frames}) == 4
-    assert split_video_frame(frames[2].path)[1] == 2
+    assert split_container_frame(frames[2].path)[1] == 2
     for f, im in zip(frames, images):
         assert np.array_equal(read_frame(f.path), im)  # lossless
     assert np.array_equal(read_frame(frames[1].path), images[1])  # backwards: reopened
@@ -332,7 +332,7 @@ def test_a_multi_page_tiff_is_read_as_its_pages(tmp_path):
     assert [str(f.path.relative_to(tmp_path)) for f in frames] == [
         f"{stamp(0)}.tif/{stamp(0)}_00000{k}" for k in range(3)] + [f"{stamp(5)}.tif", f"{stamp(6)}.tif"]
     assert [f.timestamp for f in frames[:3]] == [datetime(2023, 6, 1, 12, 0, 0, k * 250000, UTC) for k in range(3)]
-    assert fr.split_video_frame(frames[1].path) == (stack, 1)
+    assert fr.split_container_frame(frames[1].path) == (stack, 1)
     assert frame_key(frames[1].path.relative_to(tmp_path).as_posix()) == f"{stamp(0)}_000001"  # its objects' ids
     for f, page in zip(frames, pages):
         assert np.array_equal(read_frame(f.path), page)

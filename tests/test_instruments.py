@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from segplank.config import load_config
-from segplank.frames import find_frames, parse_timestamp, read_frame, split_video_frame
+from segplank.frames import find_frames, parse_timestamp, read_frame, split_container_frame
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 UTC = timezone.utc
@@ -94,7 +94,7 @@ def test_mp4_and_mov_are_read_as_their_frames(tmp_path: Path, monkeypatch: pytes
     with caplog.at_level(logging.WARNING, logger="segplank"):
         frames = find_frames(tmp_path, inst)
     assert not caplog.records  # the video's own rate is the config's: nothing to say
-    assert [split_video_frame(f.path) for f in frames] == [(video, k) for k in range(4)]
+    assert [split_container_frame(f.path) for f in frames] == [(video, k) for k in range(4)]
     assert [f.timestamp for f in frames] == [CFE_START + timedelta(seconds=k / 17) for k in range(4)]
     # the same frame named as a picture taken from the video has the same time
     assert frames[2].timestamp == parse_timestamp(Path(f"{CFE_VIDEO}_0002.jpg"), inst)

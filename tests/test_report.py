@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from segplank.cli import app
 from segplank.frames import read_frame
-from segplank.report import MIN_SIDE_PX, OUTLINE_BGR, PAD_PX, _draw, _existing, _galleries, _pick
+from segplank.report import MIN_SIDE_PX, OUTLINE_BGR, PAD_PX, _draw, _galleries, _pick
 from segplank.runs import frame_paths, read_manifest, read_objects, rewrite_shards
 
 runner = CliRunner()
@@ -276,9 +276,11 @@ def test_one_pixel_object_is_enlarged_and_outlined():
 
 
 def test_container_members_are_looked_for_as_their_file():
-    assert _existing("cast1/clip.avi/clip_000012") == "cast1/clip.avi"
-    assert _existing("stack.tif/stack_000002") == "stack.tif"
-    assert _existing("frames/ISIIS_20260601_120000_000.png") == "frames/ISIIS_20260601_120000_000.png"
+    from segplank.frames import source_file
+
+    assert source_file(Path("cast1/clip.avi/clip_000012")) == Path("cast1/clip.avi")
+    assert source_file(Path("stack.tif/stack_000002")) == Path("stack.tif")
+    assert source_file(Path("frames/x_000001.png")) == Path("frames/x_000001.png")
 
 
 def test_video_cruise_gives_vignettes(tmp_path, tiny_checkpoint):

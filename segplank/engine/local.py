@@ -34,7 +34,7 @@ from ..config import OutputConfig, PipelineConfig, dump_config
 from ..export.atomic import atomic_path, write_json
 from ..export.coco import coco_annotations, coco_categories, coco_image, merge_coco_shards, write_coco_shard
 from ..export.parquet import frame_key, object_rows, write_shard
-from ..frames import SkippedFrame, find_frames, split_video_frame
+from ..frames import SkippedFrame, find_frames, source_file
 from ..geo import Locator, Position, epoch_seconds
 from ..model.checkpoint import Checkpoint, ClassMap, file_sha256
 from ..model.predict import TilePredictor
@@ -353,7 +353,6 @@ class RunnerBase:
         if old.get("ctd_join"):  # frames done from here on get no ctd_* columns until joined again
             log.warning("%s: its CTD join (%s) will not cover the frames this run adds; rerun "
                         "`segplank join-ctd` when it ends", out_dir, old["ctd_join"].get("file"))
-        _drop_unreadable_shards(out_dir)
         return _done_frames(out_dir)
 
     def _write_manifest(self, path: Path, ident: dict, cruise_dir: Path, stats: RunStats, final: bool) -> None:
@@ -779,9 +778,8 @@ def _run_defining(config: dict | None) -> dict | None:
 
 def _file_stamp(path: Path) -> tuple[int | None, int | None]:
     """Size and modification time (ns) of the file a frame is read from (a video's frame: the video)."""
-    video = split_video_frame(path)
     try:
-        st = os.stat(video[0] if video is not None else path)
+        st = os.stat(source_file(path))
     except OSError:
         return None, None
     return st.st_size, st.st_mtime_ns
@@ -867,10 +865,19 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _done_frames(out_dir: Path) -> dict[str, tuple[int, int] | None]:
-    """Frame path → (size, mtime) of its file when processed (None from a run that did not record it)."""
+    """Frame path → (size, mtime) of its file when processed (None from a run that did not record
+    it), from every shard that reads back whole. A power cut can tear what was renamed in place:
+    a shard that does not read back loses its frame table, with one line, so its frames are redone
+    (its other files go with it, as any unfinished shard's)."""
     done: dict[str, tuple[int, int] | None] = {}
-    for p in sorted((out_dir / "frames").glob("part-*.parquet")):
-        t = pq.read_table(p)
+    for frames in sorted((out_dir / "frames").glob("part-*.parquet")):
+        try:
+            t = _read_back(frames, out_dir)
+        except Exception as e:
+            log.warning("%s: shard %s does not read back (%s); its frames will be redone", out_dir,
+                        frames.stem, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            frames.unlink()
+            continue
         paths = t.column("frame_path").to_pylist()
         if "file_bytes" in t.column_names:
             stamps = [None if b is None else (b, m) for b, m in zip(t.column("file_bytes").to_pylist(),
@@ -881,25 +888,17 @@ def _done_frames(out_dir: Path) -> dict[str, tuple[int, int] | None]:
     return done
 
 
-def _drop_unreadable_shards(out_dir: Path) -> None:
-    """A shard whose files do not read back whole (a power cut can tear what was renamed in place):
-    its frame table goes, so its frames are redone (with one line); its other files go with it."""
-    for frames in sorted((out_dir / "frames").glob("part-*.parquet")):
-        name = frames.name.split(".")[0]
-        objects, coco = out_dir / "objects" / f"{name}.parquet", out_dir / "coco" / f"{name}.json"
-        try:
-            table = pq.read_table(frames)
-            rows = pq.read_metadata(objects).num_rows
-            written = sum(table.column("objects_written").to_pylist())
-            if rows != written:
-                raise ValueError(f"{rows} object rows where its frame table counts {written}")
-            images = json.loads(coco.read_text())["images"]
-            if len(images) != table.num_rows:
-                raise ValueError(f"{len(images)} COCO images for {table.num_rows} frames")
-        except Exception as e:
-            log.warning("%s: shard %s does not read back (%s); its frames will be redone", out_dir, name,
-                        str(e).splitlines()[0] if str(e) else type(e).__name__)
-            frames.unlink()
+def _read_back(frames: Path, out_dir: Path) -> pa.Table:
+    """A shard's frame table, once its objects and COCO files agree with it; raises if they do not."""
+    table = pq.read_table(frames)
+    rows = pq.read_metadata(out_dir / "objects" / f"{frames.stem}.parquet").num_rows
+    written = sum(table.column("objects_written").to_pylist())
+    if rows != written:
+        raise ValueError(f"{rows} object rows where its frame table counts {written}")
+    images = json.loads((out_dir / "coco" / f"{frames.stem}.json").read_text())["images"]
+    if len(images) != table.num_rows:
+        raise ValueError(f"{len(images)} COCO images for {table.num_rows} frames")
+    return table
 
 
 def _shard_number(path: Path) -> int:

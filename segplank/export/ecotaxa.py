@@ -134,7 +134,7 @@ def export_ecotaxa(run_dir: Path, out: Path | None = None, *, sample_by: SampleB
     if len(table):
         table["_sample"] = _assign_samples(table, run_dir, sample_by, window_minutes, cast_min_range_m, project)
         root = frames_root(manifest, run_dir, cruise_dir, list(pd.unique(table["frame_path"]))[:50])
-        stream = _StreamFrames(run_dir, root) if is_line_stream(manifest) else None
+        stream = StreamFrames(run_dir, root) if is_line_stream(manifest) else None
         written = _write_samples(table, root, out, settings, compute, stream)
     _replace_record(out, written, {"run_dir": str(run_dir), "sample_by": sample_by, "objects": int(len(table))})
     return written
@@ -414,7 +414,7 @@ class _SampleZip:
         self._stack.__exit__(type(err), err, None)
 
 
-class _StreamFrames:
+class StreamFrames:
     """A line-stream run's frames by index, each read once: a frame whose objects reach past it
     is cut together with the frames they reach, and those are kept (the last ``keep`` read) for
     when their own turn comes, usually next."""
@@ -467,7 +467,7 @@ class _StreamFrames:
 
 
 def _write_samples(table: pd.DataFrame, root: Path, out: Path, s: _Settings,
-                   compute: Callable[..., pd.DataFrame] | None, stream: _StreamFrames | None = None) -> list[Path]:
+                   compute: Callable[..., pd.DataFrame] | None, stream: StreamFrames | None = None) -> list[Path]:
     """Read each frame once (in time order), add its vignettes to its samples' zips, and
     finish each zip after its last frame, so only the samples in progress are open.
 

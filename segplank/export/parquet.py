@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..frames import split_video_frame
+from ..frames import split_container_frame
 from ..measure import COLUMNS as MEASURE_COLUMNS
 from ..structures import Detections
 from ..taxonomy import taxon_from_prefix
@@ -53,7 +53,7 @@ def frame_key(frame_path: str) -> str:
     video's (or stack's) frames are named by the video's folder and their own name.
     """
     p = PurePosixPath(frame_path)
-    folder = p.parent.parent if split_video_frame(Path(frame_path)) is not None else p.parent
+    folder = p.parent.parent if split_container_frame(Path(frame_path)) is not None else p.parent
     return "-".join([*(part for part in folder.parts if part not in ("/", ".")), p.stem])
 
 

@@ -33,7 +33,9 @@ Why an own .cnv parser
 Tried on tests/data/ctd (2026): ctd (python-ctd 1.5) raises on ``NMEA UTC (Time) = none``,
 shifts a row whose fields run together into the wrong columns, and keeps bad_flag values and a
 stray text line as data; pycnv 0.5 stops with a locale error on the Latin-1 header and rejects
-files without ``file_type``; seabird 0.12 no longer imports (it needs ``pkg_resources``). The
+files without ``file_type``; seabird 0.12 imports on Python 3.11 where setuptools is installed
+(it needs ``pkg_resources``) but refuses absolute.cnv and julian.cnv ("no rules able to parse
+the input"; re-checked 2026-12-03). The
 format is simple enough that a careful parser is shorter than working around them.
 """
 from __future__ import annotations

@@ -48,9 +48,9 @@ import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_utils
 
-from .export.atomic import write_json
+from .io.atomic import write_json
 from .export.coco import coco_categories
-from .export.rle import decode_cropped
+from .io.rle import decode_cropped
 from .runs import frame_paths, frames_root, is_line_stream, read_manifest, read_objects
 
 log = logging.getLogger("segplank")

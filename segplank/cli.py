@@ -511,7 +511,7 @@ def evaluate_cmd(gt: Path = typer.Argument(..., help="Ground-truth COCO file of 
     from .eval_report import coco_table, format_table
     from .eval_stream import is_stream_truth, stream_run_coco, stream_truth_coco
     from .evaluate import evaluate, to_json
-    from .export.atomic import write_json
+    from .io.atomic import write_json
     from .model.checkpoint import DEMO_MODEL, CheckpointError, load_checkpoint
 
     if not gt.is_file():
@@ -622,7 +622,7 @@ def join_ctd_cmd(run_dir: Path = typer.Argument(..., help="Output folder of `seg
     import pandas as pd
 
     from .ctd import CtdError, check_join, join_ctd, read_ctd
-    from .export.atomic import write_json
+    from .io.atomic import write_json
     from .runs import RunFolderError, read_frames, read_manifest, read_objects, rewrite_shards
 
     if time_source not in ("auto", "nmea", "start_time"):

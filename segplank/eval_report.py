@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from rich.table import Table
 
 from .evaluate import pr_curves, stat_names, to_json
-from .export.atomic import atomic_path, write_json
+from .io.atomic import atomic_path, write_json
 
 
 def _save(fig: Figure, path: Path) -> Path:

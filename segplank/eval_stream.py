@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
-from .export.rle import decode_cropped, encode_in_frame
+from .io.rle import decode_cropped, encode_in_frame
 
 STREAM_FILE = "stream"  # the file name of the one tall image both sides are put on
 

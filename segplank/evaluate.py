@@ -27,7 +27,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
 from .export.coco import SCORE_DECIMALS
-from .export.rle import to_rle
+from .io.rle import to_rle
 
 IouType = Literal["bbox", "segm"]
 Source = Union[Path, str, dict, list]

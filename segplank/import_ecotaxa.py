@@ -47,8 +47,8 @@ import numpy as np
 import pandas as pd
 
 from .annotate import box_masks
-from .export.atomic import write_json
-from .export.rle import encode_in_frame
+from .io.atomic import write_json
+from .io.rle import encode_in_frame
 from .library import LibraryError, read_ecotaxa_tsv
 from .runs import frames_root, read_manifest, read_objects
 from .taxonomy import is_non_living

@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .export.atomic import atomic_path
+from .io.atomic import atomic_path
 from .export.ecotaxa import StreamFrames, cut_vignette, to_8bit
-from .export.rle import decode_cropped
+from .io.rle import decode_cropped
 from .frames import FrameError, read_frame
 from .runs import RunFolderError, frames_root, is_line_stream, read_frames, read_manifest, read_objects
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .export.atomic import atomic_path
+from .io.atomic import atomic_path
 from .frames import source_file
 
 

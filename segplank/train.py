@@ -38,8 +38,8 @@ from pycocotools.cocoeval import COCOeval
 from torch import nn
 
 from .config import ModelConfig, Polarity, TrainConfig, build_config
-from .export.atomic import atomic_path
-from .export.rle import encode_in_frame
+from .io.atomic import atomic_path
+from .io.rle import encode_in_frame
 from .model.build import build_model
 from .model.checkpoint import Checkpoint, ClassMap, file_sha256, load_checkpoint
 from .model.predict import TilePredictor

@@ -34,7 +34,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from .config import MeasureConfig, PipelineConfig, Polarity
-from .export.rle import encode_in_frame
+from .io.rle import encode_in_frame
 from .model.checkpoint import Checkpoint, ClassMap
 from .model.classifier import ClassifierConfig, VignetteClassifier, VignetteNet, organism_vignette, vignettes
 from .refine import refine_masks

@@ -27,7 +27,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from .config import Polarity
-from .export.rle import to_rle
+from .io.rle import to_rle
 from .frames import FrameError, read_frame
 from .model.checkpoint import ClassMap
 from .tiling import to_model_input

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from segplank.export.rle import encode_cropped, encode_in_frame
+from segplank.io.rle import encode_cropped, encode_in_frame
 
 
 @pytest.mark.parametrize("origin, shape", [((0, 0), (5, 7)), ((10, 3), (4, 9)), ((40, 20), (10, 10)),

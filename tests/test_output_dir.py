@@ -12,7 +12,7 @@ from filelock import FileLock
 from segplank.config import load_config
 from segplank.engine.local import LocalRunner, RunError
 from segplank.engine.outdir import LOCK_NAME
-from segplank.export import atomic
+from segplank.io import atomic
 from segplank.model.checkpoint import load_checkpoint
 
 CFG = {"tiling": {"tile_size": 256, "overlap": 32}, "filter": {"score_threshold": 0.0}, "output": {"shard_frames": 1}}

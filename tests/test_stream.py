@@ -560,7 +560,7 @@ def test_engine_stream_judges_fragments_with_their_organism_across_batches(tmp_p
     import pyarrow.parquet as pq
 
     from segplank.engine.stages import Postprocessor
-    from segplank.export.rle import decode_cropped
+    from segplank.io.rle import decode_cropped
     from segplank.synth import make_cruise
 
     cruise = tmp_path / "c"

@@ -31,7 +31,7 @@ import torch
 
 from .. import __version__
 from ..config import OutputConfig, PipelineConfig, dump_config
-from ..export.atomic import atomic_path, write_json
+from ..io.atomic import atomic_path, write_json
 from ..export.coco import coco_annotations, coco_categories, coco_image, merge_coco_shards, write_coco_shard
 from ..export.parquet import frame_key, object_rows, write_shard
 from ..frames import SkippedFrame, find_frames, source_file

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..structures import Detections
 from ..stream import frame_pieces
-from .atomic import write_json
-from .rle import encode_in_frame
+from ..io.atomic import write_json
+from ..io.rle import encode_in_frame
 
 SCORE_DECIMALS = 5  # scores in COCO files are rounded to this many decimals
 

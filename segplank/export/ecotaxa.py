@@ -52,11 +52,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .atomic import atomic_path, write_json
+from ..io.atomic import atomic_path, write_json
 from ..features import zooprocess_features
 from ..frames import FrameError, read_frame
 from ..runs import RunFolderError, frame_paths, frames_root, is_line_stream, read_frames, read_objects
-from .rle import decode_cropped
+from ..io.rle import decode_cropped
 
 log = logging.getLogger("segplank")
 

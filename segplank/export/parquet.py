@@ -12,8 +12,8 @@ from ..frames import split_container_frame
 from ..measure import COLUMNS as MEASURE_COLUMNS
 from ..structures import Detections
 from ..taxonomy import taxon_from_prefix
-from .atomic import atomic_path
-from .rle import encode_cropped
+from ..io.atomic import atomic_path
+from ..io.rle import encode_cropped
 
 # mask_rle is box-relative: the COCO RLE of the mask cropped to (bbox_x, bbox_y, bbox_w, bbox_h).
 BASE_SCHEMA = pa.schema([

@@ -19,7 +19,7 @@ from torch import nn
 
 from .. import __version__
 from ..config import ModelConfig
-from ..export.atomic import atomic_path
+from ..io.atomic import atomic_path
 from .build import build_model
 
 if TYPE_CHECKING:

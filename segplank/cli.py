@@ -855,6 +855,37 @@ def import_ecotaxa_cmd(export: Path = typer.Argument(..., help="EcoTaxa export (
     out.print(f"wrote {s.path}; train on it with `segplank train {s.path}`")
 
 
+import_model_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                               help="Bring a model trained elsewhere in as a segplank checkpoint (detectron2).")
+app.add_typer(import_model_app, name="import-model")
+
+
+@import_model_app.command("detectron2")
+def import_detectron2_cmd(weights: Path = typer.Argument(..., help="detectron2's model_final.pth, or a model zoo .pkl."),
+                          output: Path = typer.Option(Path("model.pt"), "-o", "--output", help="The segplank checkpoint to write."),
+                          config: Optional[Path] = typer.Option(None, "--config", help="The model's merged detectron2 config "
+                                                                "(output/config.yaml): input format, pixel mean, anchors, "
+                                                                "test thresholds (default: detectron2's defaults)."),
+                          classes: Optional[str] = typer.Option(None, "--classes", help="Class names in the model's order, "
+                                                                "comma-separated (detectron2's thing_classes); a one-class "
+                                                                "model is 'plankton' without it."),
+                          non_plankton: Optional[str] = typer.Option(None, "--non-plankton", help="Comma-separated classes "
+                                                                     "that are not plankton (counted, not written)."),
+                          tile_size: int = typer.Option(512, min=64, help="Tile size the model runs on (px).")) -> None:
+    """A detectron2 Mask R-CNN (R50-FPN) as a segplank checkpoint that gives detectron2's detections."""
+    from .model.checkpoint import CheckpointError
+    from .model.detectron2 import import_detectron2
+
+    split = lambda text: [t.strip() for t in text.split(",") if t.strip()] if text else None  # noqa: E731
+    try:
+        ckpt, ignored = import_detectron2(weights, config, split(classes), split(non_plankton), tile_size)
+    except CheckpointError as e:
+        _fail(str(e))
+    ckpt.save(output, half=False)  # fp32: the weights as detectron2 ran them
+    out.print(f"wrote {output}: {len(ckpt.classes)} class(es) ({', '.join(ckpt.classes.names)}), every tensor of "
+              f"{weights.name} used" + (f" but {len(ignored)}, ignored: {', '.join(ignored[:5])}" if ignored else ""))
+
+
 def main() -> None:
     try:
         app()

@@ -234,7 +234,9 @@ class ModelConfig(_Section):
     """The network: carried inside every checkpoint, so `--model ckpt.pt` needs nothing else."""
 
     name: str = "fast"
-    backbone: Literal["mobilenet_v3_large", "resnet18", "resnet50_v2"] = "mobilenet_v3_large"
+    # detectron2_r50: detectron2's MSRA ResNet-50 (stride in each stage's first 1x1 convolution,
+    # frozen batch norm), what `segplank import-model detectron2` builds
+    backbone: Literal["mobilenet_v3_large", "resnet18", "resnet50_v2", "detectron2_r50"] = "mobilenet_v3_large"
     width_mult: float = Field(1.0, gt=0, le=2)  # MobileNetV3 only
     init: Literal["none", "imagenet", "coco"] = "none"  # torchvision weights, downloaded on first use
     fpn_channels: int = Field(96, ge=16)
@@ -250,6 +252,15 @@ class ModelConfig(_Section):
     detections_per_tile: int = Field(1000, ge=1)  # a tile that fills it is reported, never silently cut
     rpn_pre_nms_top_n: int = Field(2000, ge=50)
     rpn_post_nms_top_n: int = Field(1000, ge=50)
+    # How a network trained elsewhere computes (an imported detectron2 model sets them; segplank's
+    # own models keep torchvision's ways): the input scale (tiles are [0, 1] grey: None is mean
+    # 0.5, std 0.25; detectron2's is BGR 0-255 less its pixel mean), anchors rounded to whole
+    # pixels or not, ROIAlign with the half-pixel shift (aligned) and its sampling (0: adaptive)
+    image_mean: tuple[float, float, float] | None = None
+    image_std: tuple[float, float, float] | None = None
+    anchors_rounded: bool = True
+    roi_aligned: bool = False
+    roi_sampling_ratio: int = Field(2, ge=0)
 
     @model_validator(mode="after")
     def _anchors(self) -> "ModelConfig":

@@ -147,13 +147,17 @@ def _paths(coco: Path | Sequence[Path] | None) -> list[Path]:
 
 
 def _resolve_init(cfg: TrainConfig, init: str | Path | None) -> tuple[TrainConfig, Checkpoint | None]:
-    """``none|imagenet|coco`` set ``model.init`` (checked: coco needs resnet50_v2); anything else is a checkpoint."""
+    """``none|imagenet|coco`` set ``model.init`` (checked: coco needs resnet50_v2); anything else is a
+    checkpoint, whose network is trained unless the config names another."""
     if init is None:
         return cfg, None
     if str(init) in ("none", "imagenet", "coco"):
         model = build_config({**cfg.model.model_dump(), "init": str(init)}, "--init", ModelConfig)
         return cfg.model_copy(update={"model": model}), None
-    return cfg, load_checkpoint(Path(init))
+    start = load_checkpoint(Path(init))
+    if cfg.model == ModelConfig():  # no network named in the config: the checkpoint's (an imported detectron2 one too)
+        cfg = cfg.model_copy(update={"model": start.model_config.model_copy(update={"init": "none"})})
+    return cfg, start
 
 
 def _model(cfg: TrainConfig, classes: ClassMap, init_ckpt: Checkpoint | None) -> nn.Module:

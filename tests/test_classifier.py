@@ -12,8 +12,8 @@ from segplank.engine.stages import FrameCounts, Postprocessor
 from segplank.model.checkpoint import CheckpointError, load_checkpoint
 from segplank.model.classifier import ClassifierConfig, VignetteClassifier, VignetteNet, vignettes, windows
 from segplank.structures import CroppedMasks, Detections, FrameInfo
-from segplank.train_classifier import (ClassifierTrainConfig, VignetteSet, candidate_labels, train_classifier,
-                                       vignette_set)
+from segplank.train_classifier import (ClassifierTrainConfig, VignetteSet, candidate_labels, draw_probabilities,
+                                       train_classifier, vignette_set)
 from segplank.train_data import Annotation, TrainFrame
 
 
@@ -107,6 +107,32 @@ def test_training_separates_discs_from_bars():
     net, metrics = train_classifier(cfg, train, 2, val)
     assert metrics["val_accuracy"] >= 0.95, metrics
     assert net.head[-1].out_features == 3  # two classes and "not an object"
+
+
+def test_training_in_bf16_separates_discs_from_bars_too():
+    rng = np.random.default_rng(0)
+    train = vignette_set(_shapes(40, rng), "dark_on_bright", MeasureConfig(), 24, 10.0)
+    val = vignette_set(_shapes(20, rng), "dark_on_bright", MeasureConfig(), 24, 10.0, annotated_too=False)
+    cfg = ClassifierTrainConfig(ClassifierConfig(24, 8), iterations=60, batch_size=32, lr=3e-3, threads=1, bf16=True)
+    net, metrics = train_classifier(cfg, train, 2, val)
+    assert metrics["val_accuracy"] >= 0.95, metrics
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # autocast, weights stay float32
+
+
+def test_plankton_share_balances_the_sides_whatever_their_number_of_classes():
+    labels = np.array([0, 1, 2, 3, 4])  # 0: not an object; 1-3 plankton taxa, 4 marine snow
+    counts = np.array([500, 10, 40, 90, 1000])
+    plankton = np.array([False, True, True, True, False])
+    p = draw_probabilities(labels, counts, ClassifierTrainConfig(class_power=0.0), plankton)
+    assert p[0] == pytest.approx(0.25) and p[1:] == pytest.approx([0.1875] * 4)  # one class, one share
+    p = draw_probabilities(labels, counts, ClassifierTrainConfig(class_power=0.0, plankton_share=0.5), plankton)
+    assert p[0] == pytest.approx(0.25) and p[4] == pytest.approx(0.375) and p[1:4].sum() == pytest.approx(0.375)
+    assert p[1:4] == pytest.approx([0.125] * 3)  # within a side, still by class_power
+    p = draw_probabilities(labels, counts, ClassifierTrainConfig(class_power=0.5, plankton_share=0.2), plankton)
+    assert p[1:4].sum() == pytest.approx(0.15) and p[2] / p[1] == pytest.approx(2.0)
+    # one side missing: nothing to balance
+    p = draw_probabilities(labels[:4], counts[:4], ClassifierTrainConfig(plankton_share=0.5), plankton)
+    assert p[1:].sum() == pytest.approx(0.75) and p[1:] == pytest.approx([0.25] * 3)
 
 
 def test_checkpoint_carries_the_classifier(tmp_path, tiny_checkpoint):

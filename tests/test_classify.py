@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -101,3 +102,35 @@ def test_report_counts_errors_by_level():
     assert r["living_accuracy"] == 0.75 and r["group_accuracy"] == 0.75
     assert r["per_class"]["copepod_cyclopoid"] == {"precision": 0.5, "recall": 1.0, "f1": 0.6667, "support": 1}
     assert r["macro_f1"] == pytest.approx((0.5 + 0.6667 + 0.0) / 3, abs=1e-3)
+
+
+def test_the_bundled_classifier_names_the_ndsb_taxa_and_stays_small():
+    from segplank.model.taxa_classifier import BUNDLED_CLASSIFIER
+
+    clf = load_taxa_classifier(BUNDLED_CLASSIFIER)
+    assert BUNDLED_CLASSIFIER.stat().st_size < 5e6
+    assert len(clf.taxa) == 121 and sum(not t.living for t in clf.taxa) == 8
+    assert {"copepod_calanoid", "chaetognath_sagitta", "detritus_blob"} <= set(clf.names)
+    assert clf.trained_on["held_out"] == 0.2 and clf.trained_on["split_seed"] == 0
+    assert clf.metrics["top1"] > 0.5  # as measured on the held-out 20 % when it was built
+
+
+NDSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "ndsb" / "train"
+
+
+@pytest.mark.skipif(not NDSB.is_dir(), reason="../shared/data/ndsb is not here")
+def test_the_bundled_classifier_on_held_out_real_vignettes():
+    """Every 8th vignette of the held-out 20 % that no step of its build saw (the split it names)."""
+    from segplank.classify import classify_library
+    from segplank.library import open_library
+    from segplank.model.taxa_classifier import BUNDLED_CLASSIFIER
+
+    clf = load_taxa_classifier(BUNDLED_CLASSIFIER)
+    with open_library(NDSB, quiet=True) as lib:
+        held_out = lib.split(clf.trained_on["held_out"], clf.trained_on["split_seed"])[1][::8]
+        preds = classify_library(clf, lib, held_out)
+    assert len(preds) >= 0.97 * len(held_out)
+    taxa = {t.name: t for t in clf.taxa}
+    top1 = np.mean([p.taxon == p.true_taxon for p in preds])
+    living = np.mean([p.living == taxa[p.true_taxon].living for p in preds])
+    assert top1 > 0.5 and living > 0.85, (top1, living)

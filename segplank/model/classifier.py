@@ -168,7 +168,7 @@ class VignetteClassifier:
     """Callable stage: full-resolution objects of one frame → (N, K + 1) probabilities (0: not an object)."""
 
     def __init__(self, net: VignetteNet, cfg: ClassifierConfig, device: torch.device, batch_size: int = 512) -> None:
-        self.net = net.to(device).eval()
+        self.net = net.to(device, memory_format=torch.channels_last).eval()
         self.cfg = cfg
         self.device = device
         self.batch_size = batch_size
@@ -183,7 +183,7 @@ class VignetteClassifier:
     def predict(self, x: np.ndarray, scalars: np.ndarray) -> np.ndarray:
         out = []
         for i in range(0, len(x), self.batch_size):
-            xb = torch.from_numpy(x[i:i + self.batch_size]).to(self.device)
+            xb = torch.from_numpy(x[i:i + self.batch_size]).to(self.device, memory_format=torch.channels_last)
             sb = torch.from_numpy(scalars[i:i + self.batch_size]).to(self.device)
             out.append(torch.softmax(self.net(xb, sb).float(), 1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.net.head[-1].out_features), np.float32)

@@ -23,8 +23,10 @@ from .classifier import ClassifierConfig, VignetteClassifier, VignetteNet
 
 FORMAT = "segplank-classifier"
 FORMAT_VERSION = 1
-# what `segplank classify` uses without --model: the bundled model's vignette classifier
-BUNDLED_CLASSIFIER = Path(__file__).resolve().parent.parent / "data" / "demo_model.pt"
+# what `segplank classify` uses without --model: the 121 ISIIS taxa of the NDSB library
+# (tools/make_isiis_model.sh), what an ISIIS user's vignettes are; the bundled detector's own
+# classifier knows only the drawn synthetic classes
+BUNDLED_CLASSIFIER = Path(__file__).resolve().parent.parent / "data" / "isiis_classifier.pt"
 
 
 @dataclass

@@ -32,9 +32,9 @@ class Prediction:
 
 
 def classify_library(clf: TaxaClassifier, lib: VignetteLibrary, items: Sequence[LibraryItem] | None = None,
-                     batch: int = 512) -> list[Prediction]:
+                     batch: int = 512, views: int = 1) -> list[Prediction]:
     """One prediction per usable vignette of ``lib`` (or of its ``items``; unusable ones are
-    counted in ``lib.skipped``)."""
+    counted in ``lib.skipped``); ``views``: see ``VignetteClassifier.predict``."""
     from .model.classifier import organism_vignette
 
     model = clf.build()
@@ -44,7 +44,7 @@ def classify_library(clf: TaxaClassifier, lib: VignetteLibrary, items: Sequence[
     def flush() -> None:
         if not pending:
             return
-        probs = model.predict(np.concatenate([p[0] for p in pending]), np.concatenate([p[1] for p in pending]))
+        probs = model.predict(np.concatenate([p[0] for p in pending]), np.concatenate([p[1] for p in pending]), views)
         probs = probs[:, 1:]  # a library's vignettes are objects: "not an object" is not an answer here
         probs = probs / np.maximum(probs.sum(1, keepdims=True), 1e-12)
         best = probs.argmax(1)

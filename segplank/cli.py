@@ -419,7 +419,9 @@ def classify(folder: Path = typer.Argument(..., help="Vignettes: a folder of ima
                                        "`train-classifier --library` splits it (with --held-out and --split-seed)."),
              held_out: float = typer.Option(0.2, "--held-out", min=0.0, max=0.9, help="With --split: the share of "
                                             "each taxon held out."),
-             split_seed: int = typer.Option(0, "--split-seed", min=0, help="With --split: the seed of the split.")) -> None:
+             split_seed: int = typer.Option(0, "--split-seed", min=0, help="With --split: the seed of the split."),
+             tta: bool = typer.Option(False, "--tta", help="Average each vignette's 8 flips and quarter turns: about "
+                                      "a point more top-1, 8 times the time.")) -> None:
     """Name every vignette of a folder: its taxon, reporting group, probability and whether it is living."""
     from .classify import classification_report, classify_library, write_predictions
     from .library import LibraryError, open_library
@@ -436,7 +438,7 @@ def classify(folder: Path = typer.Argument(..., help="Vignettes: a folder of ima
         _fail(f"--split {split!r}: choose all, train or held_out")
     with lib:
         items = None if split == "all" else lib.split(held_out, split_seed)[0 if split == "train" else 1]
-        preds = classify_library(clf, lib, items)
+        preds = classify_library(clf, lib, items, views=8 if tta else 1)
     labelled = [p for p in preds if p.true_taxon]
     write_predictions(preds, output, with_truth=bool(labelled))
     skipped = sum(lib.skipped.values())

@@ -365,3 +365,15 @@ def test_candidates_include_the_pieces_of_touching_organisms(tiny_checkpoint):
     assert len(refined[0]) == 1 and len(refined[8]) == 3
     areas = np.sort(refined[8].masks.areas())
     assert areas[-1] == refined[0].masks.areas()[0] == areas[0] + areas[1]  # the whole, and its two pieces
+
+
+def test_eight_views_make_the_prediction_blind_to_flips_and_turns():
+    torch.manual_seed(0)
+    clf = VignetteClassifier(VignetteNet(4, 8).eval(), ClassifierConfig(24, 8), torch.device("cpu"))
+    x = np.random.default_rng(0).random((3, 2, 24, 24), np.float32)
+    s = np.zeros((3, 3), np.float32)
+    turned = np.ascontiguousarray(np.rot90(x[:, :, :, ::-1], 1, axes=(2, 3)))
+    one, other = clf.predict(x, s, views=8), clf.predict(turned, s, views=8)
+    assert one.shape == (3, 4) and np.allclose(one.sum(1), 1, atol=1e-5)
+    assert np.allclose(one, other, atol=1e-5)
+    assert not np.allclose(clf.predict(x, s), clf.predict(turned, s), atol=1e-5)  # one view is not

@@ -308,8 +308,8 @@ def train_classifier_cmd(
         size: int = typer.Option(48, min=16, help="Vignette side (px)."), width: int = typer.Option(24, min=4),
         lr: float = typer.Option(2e-3, min=1e-6), seed: int = typer.Option(0, min=0),
         threads: int = typer.Option(2, min=1),
-        bf16: bool = typer.Option(False, "--bf16", help="Train in bfloat16 autocast: about 1.6x faster on a GPU or a "
-                                  "CPU with AVX512-BF16 (lscpu: avx512_bf16), slower on other CPUs."),
+        bf16: bool = typer.Option(False, "--bf16", help="Train in bfloat16 autocast: about 1.6x faster on a CPU with "
+                                  "AVX512-BF16 (lscpu: avx512_bf16), slower on other CPUs."),
         vignettes: Optional[Path] = typer.Option(None, help="An .npz that keeps the cut vignettes: a rerun with the "
                                                  "same detector, annotations and config skips the mining.")) -> None:
     """Train the vignette classifier that names every refined candidate, and add it to a checkpoint;

@@ -134,3 +134,19 @@ def test_the_bundled_classifier_on_held_out_real_vignettes():
     top1 = np.mean([p.taxon == p.true_taxon for p in preds])
     living = np.mean([p.living == taxa[p.true_taxon].living for p in preds])
     assert top1 > 0.5 and living > 0.85, (top1, living)
+
+
+def test_classify_without_a_model_uses_the_bundled_isiis_classifier(tmp_path):
+    from segplank.model.taxa_classifier import BUNDLED_CLASSIFIER
+
+    folder = tmp_path / "season"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for k in range(4):
+        cv2.imwrite(str(folder / f"v{k}.png"), _draw("ring" if k % 2 else "bar", rng))
+    pred = tmp_path / "pred.csv"
+    r = CliRunner().invoke(app, ["classify", str(folder), "-o", str(pred), "--tta"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(pred.open()))
+    names = set(load_taxa_classifier(BUNDLED_CLASSIFIER).names)
+    assert len(rows) == 4 and all(row["taxon"] in names and row["living"] in ("true", "false") for row in rows)

@@ -65,18 +65,24 @@ def coco(path):
     return json.loads(path.read_text())
 
 
-@pytest.fixture(scope="session")
-def kept_run(tmp_path_factory, small_cruise, tiny_checkpoint):
-    """A real run of the tiny model: every object written (score threshold 0), non-plankton kept,
-    frame by frame (each object inside its frame; stream runs are tested in test_stream.py)."""
+def tiny_run(cruise, out, checkpoint, *options: str):
+    """``segplank infer`` of a test cruise with the tiny model, every object written (score
+    threshold 0) on 256-px tiles; ``out``'s folder also holds the config. Returns ``out``."""
     from typer.testing import CliRunner
 
     from segplank.cli import app
 
-    d = tmp_path_factory.mktemp("kept_run")
-    cfg = d / "cfg.yaml"
+    cfg = out.parent / f"{out.name}_cfg.yaml"
     cfg.write_text("tiling:\n  tile_size: 256\n  overlap: 32\nfilter:\n  score_threshold: 0.0\n")
-    r = CliRunner().invoke(app, ["infer", str(small_cruise), "-o", str(d / "run"), "--model", str(tiny_checkpoint),
-                                 "--config", str(cfg), "--keep-non-plankton", "--no-stream"])
+    r = CliRunner().invoke(app, ["infer", str(cruise), "-o", str(out), "--model", str(checkpoint),
+                                 "--config", str(cfg), *options])
     assert r.exit_code == 0, r.output
-    return d / "run"
+    return out
+
+
+@pytest.fixture(scope="session")
+def kept_run(tmp_path_factory, small_cruise, tiny_checkpoint):
+    """A real run of the tiny model: non-plankton kept, frame by frame (each object inside its
+    frame; stream runs are tested in test_stream.py)."""
+    return tiny_run(small_cruise, tmp_path_factory.mktemp("kept_run") / "run", tiny_checkpoint,
+                    "--keep-non-plankton", "--no-stream")

@@ -11,20 +11,15 @@ from segplank.cli import app
 from segplank.runs import read_frames, read_objects
 from segplank.synth.environment import Environment
 
+from .conftest import tiny_run
+
 runner = CliRunner()
 START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC).timestamp()
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, small_cruise, tiny_checkpoint):
-    d = tmp_path_factory.mktemp("ocean")
-    cfg = d / "cfg.yaml"
-    cfg.write_text("tiling: {tile_size: 256, overlap: 32}\nfilter: {score_threshold: 0.0}\n")
-    out = d / "out"
-    r = runner.invoke(app, ["infer", str(small_cruise), "-o", str(out), "--model", str(tiny_checkpoint),
-                            "--config", str(cfg)])
-    assert r.exit_code == 0, r.output
-    return out
+    return tiny_run(small_cruise, tmp_path_factory.mktemp("ocean") / "out", tiny_checkpoint)
 
 
 def _seconds(times: pd.Series) -> np.ndarray:

@@ -16,6 +16,8 @@ from segplank.frames import read_frame
 from segplank.report import MIN_SIDE_PX, OUTLINE_BGR, PAD_PX, _draw, _galleries, _pick
 from segplank.runs import frame_paths, read_manifest, read_objects, rewrite_shards
 
+from .conftest import tiny_run
+
 runner = CliRunner()
 ODD = '<b>odd & "taxon"</b>'  # a class name that must come out as text, not markup
 INJECTED = "a frame called <script>alert('x')</script> & friends"
@@ -107,12 +109,7 @@ def run(tmp_path_factory, small_cruise, tiny_checkpoint):
     shutil.copytree(small_cruise, cruise)
     last = max((cruise / "frames").glob("*.png"))
     last.write_bytes(last.read_bytes()[:2000])
-    cfg = d / "cfg.yaml"
-    cfg.write_text("tiling:\n  tile_size: 256\n  overlap: 32\nfilter:\n  score_threshold: 0.0\n")
-    out = d / "run"
-    r = runner.invoke(app, ["infer", str(cruise), "-o", str(out), "--model", str(tiny_checkpoint),
-                            "--config", str(cfg)])
-    assert r.exit_code == 0, r.output
+    out = tiny_run(cruise, d / "run", tiny_checkpoint)
 
     def relabel(df):
         k = np.arange(len(df))

@@ -4,7 +4,7 @@
 #   0. the bundled vignette classifier (segplank/data/isiis_classifier.pt, what `segplank
 #      classify` uses by default): the library's 121 taxa, trained on 80 % of each taxon
 #      (seed 0; the other 20 % are never seen by any step and are what the README's held-out
-#      figures use); 6,000 iterations, 25 min with bf16 autocast;
+#      figures use); 6,000 iterations, 26 min with bf16 autocast;
 #   1. frames composed from the library's training split (a line scan and an area camera,
 #      --preset cfe: vignetting, lens shading, gain drift, JPEG blocking), and drawn synthetic frames;
 #   2. the detector: the drawn-shapes demo detector's weights fine-tuned as two classes,
@@ -12,7 +12,7 @@
 #   3. the vignette classifier on the detector's mined candidates, every annotated object and
 #      the library's training split, naming the library's taxa and the drawn particles
 #      (plankton_first decision, half the objects drawn from each side: --plankton-share;
-#      10 min of mining, 13 min of training).
+#      8 min of cutting and mining, 13 min of training).
 # The detector + classifier model it builds is not the bundled one (docs/models/own-data.md says why).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -124,6 +124,9 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
           stream: Optional[bool] = typer.Option(None, "--stream/--no-stream", help="Line-scan frames as one stream: objects "
                                                 "across frame cuts come out once, whole (default: the config's stream.enabled; "
                                                 "unset, on when the instrument scans lines: instrument.line_rate_hz)."),
+          segment_frames: Optional[int] = typer.Option(None, "--segment-frames", min=1,
+                                                       help="Line streams: frames per segment, what one worker runs and "
+                                                            "writes (default: 64 under Ray, the whole stream locally)."),
           verbose: bool = typer.Option(False, "-v", "--verbose")) -> None:
     """Detect, segment, classify, measure and write every object of a cruise. Reruns resume."""
     from .config import ConfigError, load_config
@@ -139,7 +142,8 @@ def infer(cruise_dir: Path = typer.Argument(..., help="Cruise folder: frames any
         overrides["filter"] = {"keep_non_plankton": True}
     if stream is not None:
         overrides["stream"] = {"enabled": stream}
-    run_opts = {"kind": engine.value if engine else None, "ray_address": address, "decode_workers": decode_workers}
+    run_opts = {"kind": engine.value if engine else None, "ray_address": address, "decode_workers": decode_workers,
+                "segment_frames": segment_frames}
     if any(v is not None for v in run_opts.values()):
         overrides["engine"] = {k: v for k, v in run_opts.items() if v is not None}
     try:
@@ -472,7 +476,7 @@ def demo(out_dir: Path = typer.Argument(Path("demo_out"), help="Where to write t
         out.print(str(make_cruise(cruise, frames, seed, size=(1024, 1024), frame_rate_hz=0.04)))
     infer(cruise, output=results, model=None, config=None, device="auto", keep_non_plankton=False,
           force=True, limit=None, threads=None, engine=None, address=None, decode_workers=None, stream=None,
-          verbose=False)
+          segment_frames=None, verbose=False)
     stream_truth = cruise / "ground_truth_stream.json"
     if is_line_stream(read_manifest(results)) and stream_truth.exists():
         # a line stream: each organism once, whole, as the run wrote it
@@ -554,7 +558,7 @@ def evaluate_cmd(gt: Path = typer.Argument(..., help="Ground-truth COCO file of 
             model_path = ckpt.with_thresholds(None).save(run_dir / "unthresholded.pt")
         infer(gt.parent, output=run_dir / "out", model=model_path, config=low, device="auto",
               keep_non_plankton=target_precision is not None, force=True, limit=None, threads=None, engine=None,
-              address=None, decode_workers=None, stream=stream, verbose=False)  # as the truth counts
+              address=None, decode_workers=None, stream=stream, segment_frames=None, verbose=False)  # as the truth counts
         pred = run_dir / "out" if stream else run_dir / "out" / "predictions.coco.json"
     gt_src, pred_src = gt, pred
     if stream:

@@ -161,7 +161,9 @@ class StreamConfig(_Section):
     band: int = Field(2, ge=1, le=64)  # rows at each side of a cut where parts meet
     match_iou: float = Field(0.3, gt=0, le=1)  # IoU of two parts' footprints on the cut that joins them
     max_gap_s: float | None = Field(None, gt=0)  # a longer time jump ends the stream (None: 1.5 frame periods)
-    max_open_frames: int = Field(4, ge=2)  # an object still open after this many frames is closed, with a warning
+    # an object open this many frames is cut, with a warning, at the next multiple of it in its
+    # stream (so that resumed runs and segments cut it where one uncut stream does)
+    max_open_frames: int = Field(4, ge=2)
     # divide each frame by a running per-column background (ColumnFlatField), in stream order,
     # before the empty-tile test and the model: the sensor's vertical streaks and slow drift go.
     # Every later stage (refinement, measurement) sees the flat-fielded frame. The background
@@ -193,6 +195,9 @@ class EngineConfig(_Section):
     ray_actor_cpus: float = Field(1.0, gt=0)  # CPUs (torch threads) per model replica
     ray_batch_frames: int = Field(1, ge=1)  # frames per model-actor call
     ray_frames_per_block: int = Field(8, ge=1)  # frames per input block (one decode task)
+    # line streams: frames per segment, the unit one worker runs and writes (segplank/engine/
+    # line_stream.py); None: the whole stream in one under the local engine, 64 frames under Ray
+    segment_frames: int | None = Field(None, ge=1)
 
 
 class PipelineConfig(_Section):

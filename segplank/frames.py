@@ -245,6 +245,14 @@ def split_container_frame(path: Path) -> tuple[Path, int] | None:
     return (path.parent, int(num)) if num.isdigit() and head == path.parent.stem else None
 
 
+def relative_path(path: Path, root: Path) -> str:
+    """A frame's path as runs record it: relative to the cruise folder (as given where it lies outside)."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def source_file(path: Path) -> Path:
     """The file a frame is read from: the video or TIFF stack for one of their frames, else the path."""
     member = split_container_frame(path)

@@ -16,7 +16,9 @@ Three pieces, each usable alone:
   cuts) and each group becomes one object in **stream rows**, with the union of its
   full-resolution masks, attributed to the frame where its first line lies. Only the open
   objects (touching the last ``band`` rows) and the image rows they lie in are kept: memory
-  is bounded by the longest open object, and by ``max_open_frames`` whatever happens.
+  is bounded by the longest open object, and by ``2 × max_open_frames`` frames whatever
+  happens (an object open that long is cut at the next multiple of ``max_open_frames`` in
+  its stream).
 - :class:`ColumnFlatField` removes the vertical streaks and slow brightness drift of a
   line-scan sensor with a running per-column background, carried from frame to frame
   (``to_bytes`` / ``load_bytes``: what a frame-table row keeps for resumed runs); it never
@@ -285,8 +287,10 @@ class StreamStitcher:
         self.forced = 0  # objects closed by max_open_frames, over every stream
         self.reset()
 
-    def reset(self) -> None:
-        """Forget the stream (a new one starts)."""
+    def reset(self, position: int = 0) -> None:
+        """Forget the stream (a new one starts); ``position``: where the next frame lies in its
+        stream (frames since the stream's first), which places the forced cuts."""
+        self.position = position
         self._open: Detections | None = None  # stream rows
         self._owner = np.zeros(0, np.int64)
         self._rows: np.ndarray | None = None  # image rows kept
@@ -369,7 +373,10 @@ class StreamStitcher:
             late = np.flatnonzero(_bottoms(d.masks) > end - self.band)
             still = np.zeros(len(d), bool)
             still[late] = _rows_hit(d.masks, late, end - self.band, end)
-            too_old = still & (owner <= seq - self.max_open_frames + 1)
+            # forced cuts lie on a grid of stream positions (every max_open_frames frames), so where
+            # a long object is cut does not depend on where a run or a segment began
+            on_grid = (self.position + seq + 1) % self.max_open_frames == 0
+            too_old = still & (owner <= seq - self.max_open_frames + 1) & on_grid
             if too_old.any():
                 self.forced += int(too_old.sum())
                 log.warning("%d object(s) open across %d frames were closed by stream.max_open_frames; "
@@ -613,13 +620,15 @@ class ColumnFlatField:
 # --- what a (resumed) run processes --------------------------------------------------------
 
 def plan_stream_work(frames: Sequence[FrameInfo], todo: Sequence[FrameInfo],
-                     sids: np.ndarray) -> tuple[list[FrameInfo], set[Path], set[Path]]:
+                     sids: np.ndarray, lead_in: int = 1) -> tuple[list[FrameInfo], set[Path], set[Path]]:
     """The frames to run in order, those among them only replayed, and the streams' last frames.
 
-    A frame left to do whose predecessor in its stream is done (an earlier run stopped
-    there) is preceded by that predecessor, run again but not written: it restores the
-    objects open across the cut, so the parts of objects already written with it are
-    recognised and not written twice. ``ends``: paths of the last frame of each stream.
+    A frame left to do whose predecessors in its stream are not (an earlier run stopped there,
+    or another segment writes them) is preceded by up to ``lead_in`` of them, run again but not
+    written: they restore the objects open across the cut, so the parts of objects written
+    with them are recognised and not written twice (``max_open_frames`` of them also place a
+    long object's forced cuts as one uncut stream does). ``ends``: paths of the last frame of
+    each stream.
     """
     pos = {f.path: i for i, f in enumerate(frames)}
     todo_paths = {f.path for f in todo}
@@ -627,11 +636,14 @@ def plan_stream_work(frames: Sequence[FrameInfo], todo: Sequence[FrameInfo],
     replay: set[Path] = set()
     for f in todo:
         i = pos[f.path]
-        prev = frames[i - 1] if i > 0 else None
-        if prev is not None and sids[i - 1] == sids[i] and prev.path not in todo_paths and \
-                (not work or work[-1].path != prev.path):
-            work.append(prev)
-            replay.add(prev.path)
+        before = []
+        for j in range(i - 1, max(-1, i - 1 - lead_in), -1):
+            if sids[j] != sids[i] or frames[j].path in todo_paths or (work and work[-1].path == frames[j].path):
+                break
+            before.append(frames[j])
+        for b in reversed(before):
+            work.append(b)
+            replay.add(b.path)
         work.append(f)
     ends = {frames[i].path for i in range(len(frames)) if i == len(frames) - 1 or sids[i + 1] != sids[i]}
     return work, replay, ends

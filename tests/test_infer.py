@@ -182,7 +182,7 @@ def test_choose_thresholds_reaches_target():
 
 
 def test_stream_option(tmp_path, small_cruise, tiny_checkpoint):
-    """--stream writes each frame once with the line-stream stitcher; Ray refuses it in one line."""
+    """--stream writes each frame once with the line-stream stitcher."""
     cfg = _cfg(tmp_path)
     r = _infer(small_cruise, tmp_path / "s", tiny_checkpoint, cfg, "--stream", "--threads", "1")
     assert r.exit_code == 0, r.output
@@ -190,22 +190,19 @@ def test_stream_option(tmp_path, small_cruise, tiny_checkpoint):
     assert man["config"]["stream"]["enabled"] and man["frames"]["done_this_run"] == 3
     frames = pq.read_table(tmp_path / "s" / "frames").column("frame_path").to_pylist()
     assert sorted(frames) == sorted(set(frames)) and len(frames) == 3
-    r = _infer(small_cruise, tmp_path / "r", tiny_checkpoint, cfg, "--stream", "--engine", "ray")
-    assert r.exit_code != 0 and "does not stitch line streams" in " ".join(r.output.split())
 
 
-def test_a_line_scan_camera_runs_as_a_stream_unless_told_otherwise(tmp_path, small_cruise, tiny_checkpoint, caplog):
-    """stream.enabled unset: on when the cruise's instrument scans lines (line_rate_hz), off for a
-    snapshot camera and on Ray (which says so); the manifest records what the run did."""
+def test_a_line_scan_camera_runs_as_a_stream_unless_told_otherwise(tmp_path, small_cruise, tiny_checkpoint):
+    """stream.enabled unset: on when the cruise's instrument scans lines (line_rate_hz), under
+    either engine, off for a snapshot camera; the manifest records what the run did."""
     from segplank.config import load_config
     from segplank.engine import make_runner
 
     assert "line_rate_hz" in (small_cruise / "cruise.yaml").read_text()  # the synthetic ISIIS preset
     cfg = _cfg(tmp_path)
     on_ray = load_config(cfg, small_cruise, {"engine": {"kind": "ray"}})
-    with caplog.at_level("WARNING", logger="segplank"):  # before any CLI call resets the logging
-        runner = make_runner(on_ray, load_checkpoint(tiny_checkpoint), tiny_checkpoint)
-    assert runner.cfg.stream.enabled is False and "one by one" in caplog.text
+    runner = make_runner(on_ray, load_checkpoint(tiny_checkpoint), tiny_checkpoint)
+    assert runner.cfg.stream.enabled is True and runner.stream and runner.segment_frames == 64
     for flag, expected in (((), True), (("--no-stream",), False)):
         out = tmp_path / f"o{len(flag)}"
         r = _infer(small_cruise, out, tiny_checkpoint, cfg, "--threads", "1", *flag)

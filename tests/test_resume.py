@@ -43,6 +43,24 @@ def _kill_after(cmd: list[str], out: Path, frames_done: int) -> int:
     return len(list((out / "frames").glob("part-*.parquet")))
 
 
+def _kill_and_resume(tmp_path: Path, cruise: Path, model: Path, extra_cfg: str, whole_opts: tuple, run_opts: tuple,
+                     kill_at: int) -> tuple[Path, Path]:
+    """An uninterrupted run (``whole_opts``), and one (``run_opts``) SIGKILLed mid-run and resumed:
+    the two output folders, once the resumed run's objects are checked against the whole one's."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("tiling: {tile_size: 256, overlap: 32}\nfilter: {score_threshold: 0.0}\noutput: {shard_frames: 1}\n"
+                   + extra_cfg)
+    whole = tmp_path / "whole"
+    subprocess.run(_cmd(cruise, whole, model, cfg, *whole_opts), check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    done = _kill_after(_cmd(cruise, killed, model, cfg, *run_opts), killed, kill_at)
+    assert kill_at <= done < 8, "the kill must land mid-run"
+    r = subprocess.run(_cmd(cruise, killed, model, cfg, *run_opts), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert _objects(killed) == _objects(whole)
+    return whole, killed
+
+
 @pytest.mark.skipif(not CLI.exists(), reason="needs the installed segplank command")
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, cruise, tiny_checkpoint):
     cfg = tmp_path / "cfg.yaml"
@@ -76,19 +94,9 @@ def test_stream_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, cruise
         frames_of.setdefault(a["attributes"]["uid"], set()).add(a["image_id"])
     assert sum(len(v) > 1 for v in frames_of.values()) >= 3, "objects must cross frame cuts"
 
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("tiling: {tile_size: 256, overlap: 32}\nfilter: {score_threshold: 0.0}\noutput: {shard_frames: 1}\n"
-                   "stream: {flat_field: true, flat_field_block: 32, flat_field_window: 256}\n")
-    whole = tmp_path / "whole"
-    subprocess.run(_cmd(cruise, whole, tiny_checkpoint, cfg, "--stream"), check=True, capture_output=True)
-
-    killed = tmp_path / "killed"
-    done = _kill_after(_cmd(cruise, killed, tiny_checkpoint, cfg, "--stream"), killed, 3)
-    assert 3 <= done < 8, "the kill must land mid-run"
-
-    r = subprocess.run(_cmd(cruise, killed, tiny_checkpoint, cfg, "--stream"), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert _objects(killed) == _objects(whole)
+    whole, killed = _kill_and_resume(tmp_path, cruise, tiny_checkpoint,
+                                     "stream: {flat_field: true, flat_field_block: 32, flat_field_window: 256}\n",
+                                     ("--stream",), ("--stream",), 3)
     t = pq.read_table(killed / "frames", columns=["frame_path", "flat_field"]).to_pylist()
     w = pq.read_table(whole / "frames", columns=["frame_path", "flat_field"]).to_pylist()
     assert len(t) == 8 and len({r["frame_path"] for r in t}) == 8  # every frame once
@@ -125,3 +133,14 @@ def test_ctrl_c_writes_what_is_done_then_resume_equals_an_uninterrupted_run(tmp_
     assert r.returncode == 0, r.stderr
     assert _objects(out) == _objects(whole)
     assert pq.read_table(out / "frames").num_rows == 8
+
+
+@pytest.mark.skipif(not CLI.exists(), reason="needs the installed segplank command")
+def test_ray_stream_sigkill_then_resume_equals_an_uninterrupted_local_run(tmp_path, cruise, tiny_checkpoint):
+    """A line stream under Ray (segments of 2 frames, tasks finishing in any order), SIGKILLed
+    mid-run and resumed under Ray: every object once, as one uninterrupted local run writes it."""
+    pytest.importorskip("ray")
+    _, killed = _kill_and_resume(tmp_path, cruise, tiny_checkpoint, "engine: {segment_frames: 2, ray_actors: 1}\n",
+                                 ("--stream",), ("--stream", "--engine", "ray"), 2)
+    frames = pq.read_table(killed / "frames").column("frame_path").to_pylist()
+    assert sorted(frames) == sorted(set(frames)) and len(frames) == 8

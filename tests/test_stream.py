@@ -376,13 +376,13 @@ def test_engine_stream_run_and_resume_equal_an_uninterrupted_run(tmp_path, tiny_
     assert t["object_id"].is_unique
     frames = pq.read_table(whole / "frames").to_pandas()
     assert sorted(frames["frame_path"]) == sorted(set(frames["frame_path"])) and len(frames) == 6
-    # stopped after 2 frames: the frames after the cut run too (at most max_open_frames), and a
-    # frame is done only once nothing still to close can reach it; resumed, the last done frame
-    # is run again, unwritten, to restore the objects open across the cut
+    # stopped after 2 frames: the frames after the cut run too, unwritten, until every object of
+    # the 2 is closed; resumed, the frames before the cut are run again, unwritten, to restore
+    # the objects open across it
     part = tmp_path / "part"
     runner.run(cruise, part, limit=2)
     done = len(pq.read_table(part / "frames"))
-    assert 1 <= done <= 2 + 2
+    assert done == 2
     stats = runner.run(cruise, part)
     assert stats.frames_done == 6 - done and stats.frames_resumed == done
     assert _objects(part) == _objects(whole)
@@ -731,3 +731,43 @@ def test_frame_pieces_cut_a_mask_at_each_frame_edge_it_crosses():
     assert sum(int(p.sum()) for _, _, p in pieces) == int(mask.sum())
     inside = np.ones((4, 4), bool)
     assert frame_pieces(inside, (1, 2), 8) == [(0, (1, 2), inside)]
+
+
+def _frame_table(out):
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(out / "frames").to_pandas().drop(columns="shard")
+    return t.sort_values("frame_index").reset_index(drop=True)
+
+
+def test_segments_of_three_frames_give_the_objects_of_one_uncut_stream(tmp_path, tiny_checkpoint, monkeypatch):
+    """A line stream cut into segments of 3 frames (what a Ray task or a worker runs, each alone)
+    gives one uncut stream's objects, every column: organisms across every segment boundary come
+    out once, whole, with the segment of their first line; one longer than max_open_frames (the
+    segments' lead-in) is cut where one uncut stream cuts it, on the grid of stream positions."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from segplank.synth import make_cruise
+
+    cruise = tmp_path / "c"
+    make_cruise(cruise, 9, seed=7, size=(128, 256))
+    truth = json.loads((cruise / "ground_truth_stream.json").read_text())["objects"]
+    for cut in (2, 5):  # segment boundaries: frames 0-2 | 3-5 | 6-8
+        assert any(cut in o["frames"] and cut + 1 in o["frames"] for o in truth)
+    longest = max(truth, key=lambda o: len(o["frames"]))
+    assert longest["frames"] == [2, 3, 4, 5, 6]  # across both boundaries, longer than max_open_frames=3
+    _perfect_engine_detector(monkeypatch, cruise)
+    extra = {"filter": {"score_threshold": 0.0, "keep_non_plankton": True}, "output": {"shard_frames": 2}}
+    whole = _stream_run(cruise, tiny_checkpoint, tmp_path, extra, max_open_frames=3)
+    whole.run(cruise, tmp_path / "whole")
+    cut = _stream_run(cruise, tiny_checkpoint, tmp_path, {**extra, "engine": {"segment_frames": 3}}, max_open_frames=3)
+    stats = cut.run(cruise, tmp_path / "cut")
+    assert stats.frames_done == 9
+    a, b = (pq.read_table(tmp_path / d / "objects").to_pandas().sort_values("object_id").reset_index(drop=True)
+            for d in ("whole", "cut"))
+    # the long organism in two pieces, cut after frame 5 (a multiple of 3 in the stream), the rest whole
+    assert a.equals(b)
+    assert len(a) == len(truth) + 1 and a["object_id"].is_unique
+    assert _frame_table(tmp_path / "whole").equals(_frame_table(tmp_path / "cut"))

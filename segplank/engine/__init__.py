@@ -14,22 +14,17 @@ def make_runner(cfg, ckpt, model_path: Path, threads: int | None = None):
     records it in its config, so a run's identity says which it was: a run resumed on another
     engine cannot mix frames stitched as a stream with frames taken one by one.
     """
-    from .local import LocalRunner, RunError, resolve_device
+    from .local import LocalRunner, resolve_device
 
     e, st = cfg.engine, cfg.stream
     line_stream = cfg.line_stream
-    if e.kind == "ray" and line_stream:
-        if st.enabled:
-            raise RunError("the Ray engine does not stitch line streams yet: use --engine local with --stream")
-        log.warning("the Ray engine takes line-scan frames one by one (no line stream): an organism across a "
-                    "frame cut is counted in each frame it reaches; --engine local stitches them")
-        line_stream = False
     if e.kind == "ray":
         from .ray_engine import RayRunner
 
         return RayRunner(cfg, ckpt, model_path, address=e.ray_address, actors=e.ray_actors,
                          actor_cpus=threads or e.ray_actor_cpus, batch_frames=e.ray_batch_frames,
-                         frames_per_block=e.ray_frames_per_block)
+                         frames_per_block=e.ray_frames_per_block, stream=line_stream,
+                         segment_frames=e.segment_frames or 64)
     device = resolve_device(cfg.device)
     workers = e.decode_workers if e.decode_workers is not None else (2 if device.type == "cuda" else 0)
     return LocalRunner(cfg, ckpt, model_path, device, threads,

@@ -18,10 +18,10 @@ import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, contextmanager
-from dataclasses import dataclass, field, replace
+from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -34,14 +34,17 @@ from ..config import OutputConfig, PipelineConfig, dump_config
 from ..io.atomic import atomic_path, write_json
 from ..export.coco import coco_annotations, coco_categories, coco_image, merge_coco_shards, write_coco_shard
 from ..export.parquet import frame_key, object_rows, write_shard
-from ..frames import SkippedFrame, find_frames, source_file
+from ..frames import SkippedFrame, find_frames, relative_path, source_file
 from ..geo import Locator, Position, epoch_seconds
 from ..model.checkpoint import Checkpoint, ClassMap, file_sha256
 from ..model.predict import TilePredictor
 from ..structures import Detections, FrameInfo
 from .outdir import RunError, StopRequest, claimed
 from .prefetch import prefetch
+from ..stream import stream_ids
+from .line_stream import LineStreamRun, StreamSegment, plan_segments, saved_frame_values
 from .stages import FrameCounts, FrameDetector, Postprocessor, TiledFrame, Tiler
+from .timing import timed, untimed
 
 log = logging.getLogger("segplank")
 
@@ -119,6 +122,9 @@ FRAME_SCHEMA = pa.schema([("frame_path", pa.string()), ("frame_index", pa.int64(
                           # line stream with stream.flat_field: the flat-field state the frame started
                           # from (``ColumnFlatField.to_bytes``), what a resumed run restores; null otherwise
                           ("flat_field", pa.binary()),
+                          # line stream: whether the frame continued the one before (False: a stream
+                          # starts there), what a resumed run reads to carry objects across it
+                          ("stream_continued", pa.bool_()),
                           # the frame's file as processed: a resumed run refuses a frame changed since
                           ("file_bytes", pa.int64()), ("file_mtime_ns", pa.int64())])
 
@@ -198,7 +204,7 @@ class RowMaker:
 
     def __call__(self, tf: TiledFrame, kept: Detections, cols: dict[str, np.ndarray], counts: FrameCounts,
                  capped: int, shard: int = -1) -> tuple[FrameOutput, FrameSummary]:
-        rel = _rel(tf.frame.path, self.cruise_dir)
+        rel = relative_path(tf.frame.path, self.cruise_dir)
         t_frame = epoch_seconds([tf.frame.timestamp])[0]
         at_frame = self.locator(np.array([t_frame]))
         times = self._object_times(t_frame, cols["centroid_y"])
@@ -299,7 +305,7 @@ class RunnerBase:
         if not frames:
             raise RunError(f"{cruise_dir}: no frames found (looked for {', '.join(self.cfg.instrument.extensions)} "
                            "files below it); check the path")
-        rels = [_rel(f.path, cruise_dir) for f in frames]
+        rels = [relative_path(f.path, cruise_dir) for f in frames]
         _check_frame_keys(rels)
         _check_unchanged(frames, rels, done, out_dir)
         stats = RunStats(frames_found=len(frames), plankton_names=frozenset(
@@ -319,6 +325,23 @@ class RunnerBase:
         if self.stop is not None and self.stop.requested:
             stats.interrupted = self.stop.signal_name
         return bool(stats.interrupted)
+
+    def _segments(self, plan: RunPlan, size: int | None, max_gap_s: float | None,
+                  max_open_frames: int) -> list[StreamSegment]:
+        """The line stream's frames to do, in segments of ``size`` frames (None: one segment)."""
+        gap = max_gap_s if max_gap_s is not None else 1.5 / self.cfg.instrument.frame_rate_hz
+        sids = stream_ids(plan.frames, gap, self.cfg.instrument.timestamp_regex)
+        todo = {f.path for f in plan.todo}
+        left = todo | {f.path for f in plan.rest}
+        most = 2 * max_open_frames + 2  # frames a segment may run on past its last (plan_segments)
+        # done frames a segment may run on through: did their run carry the stream into them?
+        near = {j for i, f in enumerate(plan.frames) if f.path in todo
+                for j in range(i + 1, min(i + 1 + most, len(plan.frames))) if plan.frames[j].path not in left}
+        rel = {plan.frames[j].path: relative_path(plan.frames[j].path, plan.cruise_dir) for j in near}
+        continued = saved_frame_values(plan.out_dir, set(rel.values()), "stream_continued")
+        done = {f.path: continued.get(rel[f.path]) if f.path in rel else None
+                for f in plan.frames if f.path not in left}
+        return plan_segments(plan.frames, plan.todo, sids, size, done, max_open_frames)
 
     def _account(self, stats: RunStats, summary: FrameSummary) -> None:
         stats.add(summary)
@@ -441,7 +464,7 @@ class LocalRunner(RunnerBase):
         shard, buf = plan.first_shard, _ShardBuffer()
         with closing(frames), ShardWriter(plan.out_dir, self.write_queue) as writer:
             while True:
-                with _timed(clock, "wait") if self.decode_workers else _untimed():
+                with timed(clock, "wait") if self.decode_workers else untimed():
                     item = next(frames, None)
                 if item is None:
                     break
@@ -468,9 +491,9 @@ class LocalRunner(RunnerBase):
         clock = stats.stage_seconds
         with torch.inference_mode():
             dets, capped = self.detector(tf, clock)
-            with _timed(clock, "measure"):
+            with timed(clock, "measure"):
                 kept, cols, counts = self.post(dets, tf.image)
-        with _timed(clock, "write"):
+        with timed(clock, "write"):
             out, summary = rows(tf, kept, cols, counts, capped, shard)
             buf.add(out)
         self._account(stats, summary)
@@ -478,177 +501,40 @@ class LocalRunner(RunnerBase):
 
 
     def _run_stream(self, plan: RunPlan, on_frame: Callable[[RunStats, int], None] | None) -> RunStats:
-        """``run`` for a line stream: whole objects across cuts, each frame written (and so
-        done) once every object that started in it is closed; see ``segplank/stream.py``."""
-        from ..measure import measure
-        from ..stream import ColumnFlatField, FrameAssembler, StreamStitcher, ordered, plan_stream_work, stream_ids
-
-        stats, clock = plan.stats, plan.stats.stage_seconds
+        """``run`` for a line stream: its segments (``engine.segment_frames``; one by default) in
+        turn through ``LineStreamRun``, each frame written once every object of it is whole."""
+        stats = plan.stats
         rows = RowMaker(plan.cruise_dir, plan.locator, self.ckpt.classes, self.cfg.instrument.line_rate_hz,
                         line_stream=True)
-        gap = self.max_gap_s if self.max_gap_s is not None else 1.5 / self.cfg.instrument.frame_rate_hz
-        sids = stream_ids(plan.frames, gap, self.cfg.instrument.timestamp_regex)
-        pos = {f.path: i for i, f in enumerate(plan.frames)}
-        # --limit cut a stream: the frames after the cut may run too, until no object is open
-        # across it (at most max_open_frames of them), so a small limit still makes progress
-        extension = _stream_continuation(plan, sids, pos, self.stream_opts["max_open_frames"])
-        work, replay, ends = plan_stream_work(plan.frames, list(plan.todo) + extension, sids)
-        required = len(work) - len(extension)
-        to_do = {f.path for f in plan.todo} | {f.path for f in plan.rest}
-        n_classes = len(self.names) + 1
-        found: dict = {}  # frame path → FrameCounts of the whole objects it owns
-
-        def select(parts: list[tuple[FrameInfo, Detections]]) -> list[np.ndarray]:
-            """The classifier's copies-and-parts rule (``Postprocessor.distinct``) across batches."""
-            keep = np.zeros(sum(len(d) for _, d in parts), bool)
-            keep[self.post.distinct(Detections.cat([d for _, d in parts]))] = True
-            out, start = [], 0
-            for info, d in parts:
-                k, start = keep[start:start + len(d)], start + len(d)
-                c = found[info.path]
-                c.duplicates += int((~k).sum())
-                c.per_class -= np.bincount(d.labels[~k], minlength=n_classes)
-                out.append(np.flatnonzero(k))
-            return out
-
-        asm = FrameAssembler(StreamStitcher(margin=2 * self.cfg.measure.refine_dilate_px + 2, **self.stream_opts),
-                             select if self.post.classifier is not None else None)
-
-        def process(d: Detections, image: np.ndarray):
-            c = found.setdefault(d.frame.path, FrameCounts(per_class=np.zeros(n_classes, np.int64)))
-            part = FrameCounts(per_class=np.zeros(n_classes, np.int64))
-            with _timed(clock, "measure"):
-                kept, cols = self.post.finish(d, image, part)
-            c.per_class += np.bincount(d.labels, minlength=n_classes) + part.per_class  # + renamings
-            c.too_small, c.too_large = c.too_small + part.too_small, c.too_large + part.too_large
-            c.duplicates += part.duplicates
-            c.rejected += part.rejected
-            return kept, cols
-
-        # flat-fielding runs frame after frame in this process (its state is sequential): the
-        # workers only decode, and frames are tiled here, after it. Each stream starts afresh; a
-        # replayed frame (resumption) starts from the state saved with it.
-        sc = self.cfg.stream
-        flat: ColumnFlatField | None = None  # a fresh one at each stream's start
-        saved = _saved_flat_fields(plan.out_dir, {_rel(p, plan.cruise_dir) for p in replay}) if sc.flat_field else {}
-
+        runner = LineStreamRun(Stages(self.tiler, self.detector, self.post), rows, self.cfg, len(self.names) + 1,
+                               stats.stage_seconds, plan.out_dir, self.decode_workers,
+                               pin_memory=self.device.type == "cuda", **self.stream_opts)
         shard, buf = plan.first_shard, _ShardBuffer()
-        last = None
-        frames = prefetch(work, None if sc.flat_field else self.tiler, self.decode_workers,
-                          pin_memory=self.device.type == "cuda" and not sc.flat_field)
-        with closing(frames), ShardWriter(plan.out_dir, self.write_queue) as writer:
-            def emit(ready) -> None:
-                nonlocal shard, buf
-                for r in ready:
-                    counts = found.pop(r.info.path, FrameCounts(per_class=np.zeros(n_classes, np.int64)))
-                    if r.payload["replay"]:
-                        continue  # its objects were written by the run that did it
-                    kept, cols = ordered(r.parts)
-                    if kept is None:
-                        kept = Detections.empty(r.info)
-                        cols = measure(kept, np.zeros((1, 1), np.uint8), r.info.pixel_size_um)
-                    counts.per_class += r.payload["dropped"]
-                    counts.written = len(kept)
-                    with _timed(clock, "write"):
-                        out, summary = rows(r.frame, kept, cols, counts, r.payload["capped"], shard)
-                        out.frame_row["flat_field"] = r.payload["flat_field"]
-                        buf.add(out)
+        with ShardWriter(plan.out_dir, self.write_queue) as writer:
+            segments = self._segments(plan, self.cfg.engine.segment_frames, self.max_gap_s,
+                                      self.stream_opts["max_open_frames"])
+            for seg in segments:
+                for item in runner.frames(seg):
+                    if isinstance(item, SkippedFrame):
+                        stats.skipped.append(item)
+                        continue
+                    out, summary = item
+                    buf.add(out)
                     self._account(stats, summary)
                     if buf.full(self.cfg.output):
                         writer.submit(buf, shard)
                         shard, buf = shard + 1, _ShardBuffer()
                     if on_frame:
-                        on_frame(stats, len(kept))
-
-            n_seen = 0
-            while True:
-                if n_seen >= required and not asm.pending:
-                    break  # the limit is reached and every frame run so far is written
-                with _timed(clock, "wait") if self.decode_workers else _untimed():
-                    item = next(frames, None)
-                if item is None:
+                        on_frame(stats, out.table.num_rows)
+                    if self._stop_here(stats):
+                        break  # what is open across this frame is left not done
+                if stats.interrupted:
                     break
-                n_seen += 1
-                if isinstance(item, SkippedFrame):  # a missing frame ends the stream
-                    stats.skipped.append(item)
-                    if asm.pending:
-                        log.warning("line stream ends before %s (unusable frame)", Path(item.path).name)
-                    emit(asm.flush(process))
-                    last = None
-                    continue
-                _add_counts(clock, item.seconds)
-                tf, i = item.tf, pos[item.tf.frame.path]
-                starts = last is None or sids[i] != sids[last] or i != last + 1
-                if starts and last is not None:
-                    emit(asm.flush(process))
-                flat_state = None
-                if sc.flat_field:
-                    if starts:
-                        flat = ColumnFlatField(sc.flat_field_block, sc.flat_field_window)
-                        if tf.frame.path in replay:
-                            rel = _rel(tf.frame.path, plan.cruise_dir)
-                            if saved.get(rel) is None:
-                                log.warning("%s: no flat-field state saved with it; its stream's background "
-                                            "starts afresh there", rel)
-                            else:
-                                flat.load_bytes(saved[rel])
-                    flat_state = flat.to_bytes()
-                    with _timed(clock, "flat_field"):
-                        image = flat(tf.image)
-                    with _timed(clock, "tile"):
-                        tf = self.tiler(tf.frame, image)
-                with torch.inference_mode():
-                    dets, capped = self.detector(tf, clock)
-                    with _timed(clock, "measure"):
-                        d, counts = self.post.prepare(dets)
-                dropped = counts.per_class - np.bincount(d.labels, minlength=n_classes)
-                light = replace(tf, image=None, tiles=None, proposals=None)
-                with _timed(clock, "stitch"):
-                    ready = asm.push(light, tf.frame, d, tf.image, process,
-                                     {"dropped": dropped, "capped": capped, "replay": tf.frame.path in replay,
-                                      "flat_field": flat_state})
-                emit(ready)
-                last = i
-                if self._stop_here(stats):
-                    break  # what is open across this frame is left not done, as at a limit
-            # a stream's end closes its objects, and so does a next frame done by an earlier run
-            # (this one was unreadable then); a run stopped before either leaves them not done
-            nxt = last + 1 if last is not None else None
-            if last is not None and (plan.frames[last].path in ends or plan.frames[nxt].path not in to_do):
-                emit(asm.flush(process))
-            asm.drop()
             if buf.frames:
                 writer.submit(buf, shard)
-        _add_counts(clock, {"write": writer.seconds})
+        stats.stage_seconds["write"] = stats.stage_seconds.get("write", 0.0) + writer.seconds
         self._finish(plan)
         return stats
-
-
-def _stream_continuation(plan: RunPlan, sids: np.ndarray, pos: dict, most: int) -> list[FrameInfo]:
-    """Frames after a --limit cut that continue the last frame's stream, consecutively."""
-    if not plan.todo or not plan.rest:
-        return []
-    out, i = [], pos[plan.todo[-1].path]
-    for f in plan.rest[:most]:
-        j = pos[f.path]
-        if j != i + 1 or sids[j] != sids[i]:
-            break
-        out.append(f)
-        i = j
-    return out
-
-
-def _saved_flat_fields(out_dir: Path, paths: set[str]) -> dict[str, bytes | None]:
-    """The flat-field state saved with each of ``paths`` (relative frame paths) in the frame tables."""
-    if not paths:
-        return {}
-    out: dict[str, bytes | None] = {}
-    for p in sorted((out_dir / "frames").glob("part-*.parquet")):
-        if "flat_field" not in pq.read_schema(p).names:
-            continue
-        t = pq.read_table(p, columns=["frame_path", "flat_field"], filters=[("frame_path", "in", sorted(paths))])
-        out.update(zip(t.column("frame_path").to_pylist(), t.column("flat_field").to_pylist()))
-    return out
 
 
 @dataclass
@@ -741,20 +627,6 @@ class ShardWriter:
             raise
         finally:
             self.seconds += time.perf_counter() - t
-
-
-@contextmanager
-def _timed(clock: dict[str, float], stage: str) -> Iterator[None]:
-    t = time.perf_counter()
-    try:
-        yield
-    finally:
-        clock[stage] = clock.get(stage, 0.0) + time.perf_counter() - t
-
-
-@contextmanager
-def _untimed() -> Iterator[None]:
-    yield
 
 
 def _frame_row(rel: str, tf, counts, names: list[str], shard: int, pos: Position) -> dict:
@@ -855,13 +727,6 @@ def _coverage(out_dir: Path, locator: Locator) -> dict[str, int]:
                     ", ".join(t.loc[off_nav | off_ctd, "frame_path"].head(3)))
     return {"frames": len(t), "no_time": int(no_time.sum()), "outside_nav": int(off_nav.sum()),
             "outside_ctd": int(off_ctd.sum())}
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return Path(path).relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def _done_frames(out_dir: Path) -> dict[str, tuple[int, int] | None]:

@@ -36,10 +36,12 @@ from ..frames import SkippedFrame
 from ..geo import Locator
 from ..model.checkpoint import Checkpoint, load_checkpoint
 from ..structures import FrameInfo
+from .line_stream import LineStreamRun, StreamSegment
 from .local import (FrameOutput, FrameSummary, RowMaker, RunError, RunnerBase, RunPlan, RunStats, _ShardBuffer,
-                    _timed, build_stages, build_tiler)
+                    build_stages, build_tiler)
 from .prefetch import Decoded, decode_and_tile
 from .stages import Tiler
+from .timing import timed
 
 log = logging.getLogger("segplank")
 
@@ -70,11 +72,13 @@ class RayRunner(RunnerBase):
 
     def __init__(self, cfg: PipelineConfig, ckpt: Checkpoint, model_path: Path, address: str | None = None,
                  actors: int | None = None, actor_cpus: float = 1.0, batch_frames: int = 1,
-                 frames_per_block: int = 8) -> None:
+                 frames_per_block: int = 8, stream: bool = False, segment_frames: int = 64) -> None:
         if importlib.util.find_spec("ray") is None:  # fail before any work, not at run time
             import_ray()
-        # the device is known once connected; frames are taken one by one, never as a line stream
-        super().__init__(cfg.with_stream(False), ckpt, model_path, torch.device("cpu"))
+        # the device is known once connected
+        super().__init__(cfg.with_stream(stream), ckpt, model_path, torch.device("cpu"))
+        self.stream = stream
+        self.segment_frames = segment_frames
         self.address = address
         self.actors = actors
         self.actor_cpus = actor_cpus
@@ -84,7 +88,8 @@ class RayRunner(RunnerBase):
 
     def engine_info(self) -> dict:
         return {"name": self.engine, "address": self.address, "actors": self._pool_size,
-                "actor_cpus": self.actor_cpus, "batch_frames": self.batch_frames}
+                "actor_cpus": self.actor_cpus, "batch_frames": self.batch_frames,
+                **({"segment_frames": self.segment_frames} if self.stream else {})}
 
     def _run(self, cruise_dir: Path, out_dir: Path, force: bool,
              on_frame: Callable[[RunStats, int], None] | None, limit: int | None) -> RunStats:
@@ -96,7 +101,8 @@ class RayRunner(RunnerBase):
             self._pool_size = self._actor_count(ray, use_gpu)
             plan = self._start(cruise_dir, out_dir, force, limit)
             if plan.todo:
-                self._stream(self._dataset(ray, plan, use_gpu), plan, on_frame)
+                ds = self._segment_dataset(ray, plan, use_gpu) if self.stream else self._dataset(ray, plan, use_gpu)
+                self._stream(ds, plan, on_frame)
             self._finish(plan)
             return plan.stats
         finally:
@@ -150,6 +156,25 @@ class RayRunner(RunnerBase):
                             fn_kwargs={"out_dir": str(plan.out_dir), "first_shard": plan.first_shard,
                                        "shard_objects": cfg.output.shard_objects})
         ds.context.enable_progress_bars = False  # the CLI shows its own
+        return ds
+
+    def _segment_dataset(self, ray: Any, plan: RunPlan, use_gpu: bool) -> Any:
+        """A line stream: segments of ``segment_frames`` frames → segment actors, each running
+        the local engine's stream code and writing its own shards; rows: (ordinal, summary)."""
+        st = self.cfg.stream
+        segments = self._segments(plan, self.segment_frames, st.max_gap_s, st.max_open_frames)
+        if st.flat_field and len(segments) > 1:
+            log.warning("stream.flat_field with %d segments: each segment's running background starts afresh "
+                        "at its first frame (unless an earlier run saved it)", len(segments))
+        ds = ray.data.from_items([{"segment": pickle.dumps(s, protocol=5)} for s in segments])
+        ds = ds.map_batches(SegmentActor, batch_size=1,
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self._pool_size),
+                            num_gpus=1 if use_gpu else 0, num_cpus=self.actor_cpus,
+                            fn_constructor_kwargs={"cfg": _plain(self.cfg), "model_path": str(self.model_path),
+                                                   "cruise_dir": str(plan.cruise_dir), "out_dir": str(plan.out_dir),
+                                                   "first_shard": plan.first_shard, "use_gpu": use_gpu,
+                                                   "threads": max(1, int(round(self.actor_cpus)))})
+        ds.context.enable_progress_bars = False
         return ds
 
     def _stream(self, ds: Any, plan: RunPlan, on_frame: Callable[[RunStats, int], None] | None) -> None:
@@ -223,15 +248,61 @@ class DetectActor:
             return item
         clock = dict(item.seconds)
         st = self.stages
-        with _timed(clock, "tile"):
+        with timed(clock, "tile"):
             tf = st.tiler.crop(item.tf)
         with torch.inference_mode():
             dets, capped = st.detector(tf, clock)
-            with _timed(clock, "measure"):
+            with timed(clock, "measure"):
                 kept, cols, counts = st.post(dets, tf.image)
-        with _timed(clock, "write"):
+        with timed(clock, "write"):
             out, summary = self.rows(tf, kept, cols, counts, capped)
         return out, replace(summary, seconds=clock)
+
+
+class SegmentActor:
+    """Ray Data actor for a line stream: the model loaded once, then whole segments through
+    ``LineStreamRun`` (the local engine's stream code), each writing its own shards."""
+
+    def __init__(self, cfg: dict[str, Any], model_path: str, cruise_dir: str, out_dir: str, first_shard: int,
+                 use_gpu: bool, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.cfg = build_config(cfg)
+        ckpt = load_checkpoint(Path(model_path))
+        stages = build_stages(self.cfg, ckpt, torch.device("cuda" if use_gpu else "cpu"))
+        rows = RowMaker(Path(cruise_dir), Locator.from_cruise(Path(cruise_dir), self.cfg.geo), ckpt.classes,
+                        self.cfg.instrument.line_rate_hz, line_stream=True)
+        st = self.cfg.stream
+        self.clock: dict[str, float] = {}
+        self.out_dir, self.first_shard = Path(out_dir), first_shard
+        self.run = LineStreamRun(stages, rows, self.cfg, len(ckpt.classes.names) + 1, self.clock, self.out_dir,
+                                 band=st.band, match_iou=st.match_iou, max_open_frames=st.max_open_frames)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        done: list[tuple[int, Any]] = []
+        for blob in batch["segment"]:
+            done += self._segment(pickle.loads(blob))
+        return {"ordinal": [o for o, _ in done], "summary": [pickle.dumps(s) for _, s in done]}
+
+    def _segment(self, seg: StreamSegment) -> list[tuple[int, Any]]:
+        """Its frames written in shards named by their first frame's position in the run's work list."""
+        done: list[tuple[int, Any]] = []
+        buf, group = _ShardBuffer(), []
+        for n, item in enumerate(self.run.frames(seg)):
+            ordinal = seg.first + n
+            if isinstance(item, SkippedFrame):
+                done.append((ordinal, item))
+                continue
+            out, summary = item
+            seconds = dict(self.clock)  # what this frame cost since the last one written
+            self.clock.clear()
+            buf.add(out)
+            group.append((ordinal, replace(summary, seconds=seconds)))
+            if buf.full(self.cfg.output):
+                done += _flush(buf, group, self.out_dir, self.first_shard)
+                buf, group = _ShardBuffer(), []
+        if group:
+            done += _flush(buf, group, self.out_dir, self.first_shard)
+        return done
 
 
 def write_shards(batch: dict[str, np.ndarray], out_dir: str, first_shard: int,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .joins import connected_components, group_boxes, shifted
 from .structures import Detections, FrameInfo, RoiMasks
 
 
@@ -33,9 +34,9 @@ def offset_tiles(tile_dets: list[Detections], windows: np.ndarray, tile_ids: np.
     counts = torch.tensor([len(d) for d in tile_dets], device=dev)
     tile = torch.repeat_interleave(torch.as_tensor(tile_ids, device=dev), counts)
     dets = Detections.cat([d.replace(extra={}) for d in tile_dets])
-    offsets = torch.as_tensor(windows[:, :2], dtype=torch.float32, device=dev).repeat(1, 2)
+    origin = torch.as_tensor(windows[:, :2], dtype=torch.float32, device=dev)[tile]
     extra = {k: torch.cat([d.extra[k] for d in tile_dets]) for k in tile_dets[0].extra}
-    return dets.replace(boxes=dets.boxes + offsets[tile], extra={**extra, "tile": tile})
+    return shifted(dets, origin[:, 0], origin[:, 1]).replace(extra={**extra, "tile": tile})
 
 
 def candidate_pairs(boxes: torch.Tensor, tile: torch.Tensor,
@@ -106,26 +107,6 @@ def pair_mask_iou(probs: torch.Tensor, boxes: torch.Tensor, i: torch.Tensor, j: 
     return out
 
 
-def connected_components(n: int, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-    """(n,) long component id (the smallest member index) of the graph with edges (i, j).
-
-    Min-label propagation with pointer jumping: a few batched scatters, no Python loop
-    over edges.
-    """
-    comp = torch.arange(n, device=i.device)
-    if len(i) == 0:
-        return comp
-    while True:
-        m = torch.minimum(comp[i], comp[j])
-        new = comp.clone()
-        new.scatter_reduce_(0, i, m, reduce="amin")
-        new.scatter_reduce_(0, j, m, reduce="amin")
-        new = new[new]
-        if torch.equal(new, comp):
-            return comp
-        comp = new
-
-
 def merge_groups(dets: Detections, comp: torch.Tensor, mask_size: int) -> Detections:
     """One detection per component: union box, max score with its label, union of masks.
 
@@ -136,9 +117,7 @@ def merge_groups(dets: Detections, comp: torch.Tensor, mask_size: int) -> Detect
     uniq, group = torch.unique(comp, return_inverse=True)
     g = len(uniq)
     dev = boxes.device
-    gb = torch.empty(g, 4, device=dev)
-    gb[:, :2] = torch.full((g, 2), float("inf"), device=dev).scatter_reduce(0, group[:, None].expand(-1, 2), boxes[:, :2], "amin")
-    gb[:, 2:] = torch.full((g, 2), float("-inf"), device=dev).scatter_reduce(0, group[:, None].expand(-1, 2), boxes[:, 2:], "amax")
+    gb = group_boxes(boxes, group, g)
     best = torch.full((g,), float("-inf"), device=dev).scatter_reduce(0, group, scores, "amax")
     # the member holding the best score gives the label (lowest index on ties)
     is_best = scores >= best[group]

@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .frames import source_file
+from .joins import connected_components, group_boxes, shifted
 from .structures import CroppedMasks, Detections, FrameInfo
 
 log = logging.getLogger("segplank")
@@ -108,18 +109,6 @@ class ClosedObjects:
 
     def __len__(self) -> int:
         return len(self.dets)
-
-
-def shift_rows(dets: Detections, dy: int) -> Detections:
-    """The detections moved down by ``dy`` rows (numpy, CroppedMasks)."""
-    if dy == 0 or len(dets) == 0:
-        return dets
-    boxes = np.array(dets.boxes, np.float32, copy=True)
-    boxes[:, [1, 3]] += dy
-    m = dets.masks
-    origins = m.origins.copy()
-    origins[:, 1] += dy
-    return dets.replace(boxes=boxes, masks=CroppedMasks(origins, m.bitmaps))
 
 
 def frame_pieces(bitmap: np.ndarray, origin: tuple[int, int], height: int
@@ -204,23 +193,6 @@ def cut_links(upper: CroppedMasks, lower: CroppedMasks, cut: int, band: int, wid
     return i.astype(np.int64), j.astype(np.int64), iou[i, j]
 
 
-def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """(n,) smallest member index of each node's component (union-find; edges are few)."""
-    parent = np.arange(n)
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for a, b in zip(i.tolist(), j.tolist()):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return np.array([find(a) for a in range(n)], np.int64)
-
-
 def merge_parts(dets: Detections, comp: np.ndarray) -> tuple[Detections, np.ndarray]:
     """One detection per component (numpy, CroppedMasks): union mask in the union box,
     highest score with its label (lowest index on ties), other columns from that member,
@@ -237,7 +209,7 @@ def merge_parts(dets: Detections, comp: np.ndarray) -> tuple[Detections, np.ndar
         return dets, first
     m = dets.masks
     scores = np.asarray(dets.scores)
-    boxes = np.asarray(dets.boxes, np.float32)[first].copy()
+    boxes = group_boxes(dets.boxes, group, g)
     origins = m.origins[first].copy()
     bitmaps = [m.bitmaps[k] for k in first]
     lead = first.copy()
@@ -251,8 +223,6 @@ def merge_parts(dets: Detections, comp: np.ndarray) -> tuple[Detections, np.ndar
         canvas = np.zeros((int((oy + hs).max()) - y0, int((ox + ws).max()) - x0), bool)
         for k, a, b, hh, ww in zip(members, ox, oy, hs, ws):
             canvas[b - y0:b - y0 + hh, a - x0:a - x0 + ww] |= m.bitmaps[k].astype(bool)
-        bx = np.asarray(dets.boxes, np.float32)[members]
-        boxes[q] = (bx[:, 0].min(), bx[:, 1].min(), bx[:, 2].max(), bx[:, 3].max())
         origins[q] = (x0, y0)
         bitmaps[q] = canvas
         lead[q] = members[np.argmax(scores[members])]
@@ -322,7 +292,7 @@ class StreamStitcher:
             d = d.replace(masks=d.masks.to_cropped(d.boxes))
         h, w = image.shape
         seq, row0 = self.pushed, self.next_row
-        d = shift_rows(d, row0)
+        d = shifted(d, 0, row0)
         owner = np.full(len(d), seq, np.int64)
         self._append_rows(image, row0)
         if self._open is not None and len(self._open):
@@ -339,7 +309,7 @@ class StreamStitcher:
             i, j = i[ok], j[ok]
             both = Detections.cat([_plain(self._open, d), _plain(d, self._open)])
             all_owner = np.concatenate([self._owner, owner])
-            comp = _components(len(both), i, j + n_open)
+            comp = connected_components(len(both), i, j + n_open)
             # the group's owner is its earliest frame (open members come first)
             merged, first = merge_parts(both, comp)
             _, inv = np.unique(comp, return_inverse=True)
@@ -394,12 +364,12 @@ class StreamStitcher:
         idx = np.flatnonzero(sel)
         c = d[idx] if len(d) else d
         if self._rows is None:
-            return ClosedObjects(shift_rows(c, 0), owner[idx], np.zeros((0, 0), np.uint8), 0)
+            return ClosedObjects(c, owner[idx], np.zeros((0, 0), np.uint8), 0)
         top = self._rows0
         if len(idx):
             top = max(self._rows0, int(np.asarray(c.masks.origins)[:, 1].min()) - self.margin)
         image = self._rows[top - self._rows0:]
-        return ClosedObjects(shift_rows(c, -top), owner[idx], image, top)
+        return ClosedObjects(shifted(c, 0, -top), owner[idx], image, top)
 
     def _trim(self) -> None:
         """Keep the rows the open objects lie in, and ``margin`` rows of context for the next frame."""
@@ -513,7 +483,7 @@ class FrameAssembler:
             cols = dict(cols)
             if "centroid_y" in cols:
                 cols["centroid_y"] = np.asarray(cols["centroid_y"], np.float64) + dy
-            p.parts.append((shift_rows(dets, dy), cols))
+            p.parts.append((shifted(dets, 0, dy), cols))
         if self.select is not None:
             self._select()
 
@@ -532,7 +502,7 @@ class FrameAssembler:
         where = [(p, k) for p in self._pending for k, (d, _) in enumerate(p.parts) if len(d)]
         if sum(len(p.parts[k][0]) for p, k in where) < 2:
             return
-        keeps = self.select([(p.info, shift_rows(p.parts[k][0], p.row0)) for p, k in where])
+        keeps = self.select([(p.info, shifted(p.parts[k][0], 0, p.row0)) for p, k in where])
         for (p, k), keep in zip(where, keeps):
             d, cols = p.parts[k]
             if len(keep) < len(d):

@@ -12,7 +12,7 @@ from segplank.engine.stages import FrameCounts, Postprocessor
 from segplank.model.checkpoint import CheckpointError, load_checkpoint
 from segplank.model.classifier import ClassifierConfig, VignetteClassifier, VignetteNet, vignettes, windows
 from segplank.structures import CroppedMasks, Detections, FrameInfo
-from segplank.train_classifier import (ClassifierTrainConfig, VignetteSet, candidate_labels, draw_probabilities,
+from segplank.train_classifier import (ClassifierTrainConfig, candidate_labels, draw_probabilities,
                                        train_classifier, vignette_set)
 from segplank.train_data import Annotation, TrainFrame
 

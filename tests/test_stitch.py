@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from segplank.stitch import Stitcher, connected_components
+from segplank.joins import connected_components
+from segplank.stitch import Stitcher
 from segplank.tiling import tile_grid
 
 from .helpers import mask_iou, paste, perfect_tile_detections
@@ -92,6 +93,25 @@ def test_connected_components_chain():
     j = torch.tensor([1, 1, 4, 5])
     comp = connected_components(7, i, j)
     assert comp.tolist() == [0, 0, 0, 3, 3, 5, 5]
+    # the frame cuts' numpy arrays get the same answer, in numpy
+    same = connected_components(7, i.numpy(), j.numpy())
+    assert isinstance(same, np.ndarray) and same.tolist() == comp.tolist()
+
+
+def test_shifted_moves_boxes_and_cropped_masks_together():
+    """One offset for all (a frame cut's rows) or one per detection (its tile's window)."""
+    from segplank.joins import shifted
+    from segplank.structures import CroppedMasks, Detections, RoiMasks
+
+    bitmaps = (np.ones((2, 3), bool), np.ones((4, 1), bool))
+    d = Detections(boxes=np.array([[1, 2, 4, 4], [5, 0, 6, 4]], np.float32), scores=np.ones(2, np.float32),
+                   labels=np.ones(2, np.int64), masks=CroppedMasks(np.array([[1, 2], [5, 0]]), bitmaps))
+    down = shifted(d, 0, 10)
+    assert down.boxes.tolist() == [[1, 12, 4, 14], [5, 10, 6, 14]] and down.masks.origins.tolist() == [[1, 12], [5, 10]]
+    t = Detections(boxes=torch.tensor([[1.0, 2, 4, 4], [5, 0, 6, 4]]), scores=torch.ones(2),
+                   labels=torch.ones(2, dtype=torch.long), masks=RoiMasks(torch.zeros(2, 28, 28)))
+    per = shifted(t, torch.tensor([100.0, 0]), torch.tensor([0.0, 7]))
+    assert per.boxes.tolist() == [[101, 2, 104, 4], [5, 7, 6, 11]] and per.masks is t.masks
 
 
 def test_dense_frame_keeps_every_object():

@@ -133,9 +133,21 @@ FRAME_SCHEMA = pa.schema([("frame_path", pa.string()), ("frame_index", pa.int64(
 
 @dataclass(frozen=True)
 class Stages:
+    """The per-frame stages; ``frame`` runs a snapshot camera's frame through them (both
+    engines call it; a line stream's frames go through ``LineStreamRun``)."""
+
     tiler: Tiler
     detector: FrameDetector
     post: Postprocessor
+
+    def frame(self, tf: TiledFrame, rows: "RowMaker", clock: dict[str, float]) -> tuple["FrameOutput", "FrameSummary"]:
+        """A tiled frame → detect, join seams → refine, classify, filter, measure → its rows."""
+        with torch.inference_mode():
+            dets, capped = self.detector(tf, clock)
+            with timed(clock, "measure"):
+                kept, cols, counts = self.post(dets, tf.image)
+        with timed(clock, "write"):
+            return rows(tf, kept, cols, counts, capped)
 
 
 def build_tiler(cfg: PipelineConfig) -> Tiler:
@@ -449,6 +461,10 @@ class LocalRunner(RunnerBase):
     def engine_info(self) -> dict:
         return {"name": self.engine, "decode_workers": self.decode_workers}
 
+    @property
+    def stages(self) -> Stages:
+        return Stages(self.tiler, self.detector, self.post)
+
     def _run(self, cruise_dir: Path, out_dir: Path, force: bool,
              on_frame: Callable[[RunStats, int], None] | None, limit: int | None) -> RunStats:
         plan = self._start(cruise_dir, out_dir, force, limit)
@@ -472,7 +488,7 @@ class LocalRunner(RunnerBase):
                     stats.skipped.append(item)
                     continue
                 _add_counts(clock, item.seconds)
-                n = self._frame(item.tf, rows, buf, shard, stats)
+                n = self._frame(item.tf, rows, buf, stats)
                 if buf.full(self.cfg.output):
                     writer.submit(buf, shard)
                     shard, buf = shard + 1, _ShardBuffer()
@@ -486,19 +502,12 @@ class LocalRunner(RunnerBase):
         self._finish(plan)
         return stats
 
-    def _frame(self, tf: TiledFrame, rows: RowMaker, buf: "_ShardBuffer", shard: int, stats: RunStats) -> int:
-        """One frame through model, stitching, measurement and rows; returns its object count."""
-        clock = stats.stage_seconds
-        with torch.inference_mode():
-            dets, capped = self.detector(tf, clock)
-            with timed(clock, "measure"):
-                kept, cols, counts = self.post(dets, tf.image)
-        with timed(clock, "write"):
-            out, summary = rows(tf, kept, cols, counts, capped, shard)
-            buf.add(out)
+    def _frame(self, tf: TiledFrame, rows: RowMaker, buf: "_ShardBuffer", stats: RunStats) -> int:
+        """One frame through the stages into the shard buffer; returns its object count."""
+        out, summary = self.stages.frame(tf, rows, stats.stage_seconds)
+        buf.add(out)
         self._account(stats, summary)
-        return len(kept)
-
+        return out.table.num_rows
 
     def _run_stream(self, plan: RunPlan, on_frame: Callable[[RunStats, int], None] | None) -> RunStats:
         """``run`` for a line stream: its segments (``engine.segment_frames``; one by default) in
@@ -506,7 +515,7 @@ class LocalRunner(RunnerBase):
         stats = plan.stats
         rows = RowMaker(plan.cruise_dir, plan.locator, self.ckpt.classes, self.cfg.instrument.line_rate_hz,
                         line_stream=True)
-        runner = LineStreamRun(Stages(self.tiler, self.detector, self.post), rows, self.cfg, len(self.names) + 1,
+        runner = LineStreamRun(self.stages, rows, self.cfg, len(self.names) + 1,
                                stats.stage_seconds, plan.out_dir, self.decode_workers,
                                pin_memory=self.device.type == "cuda", **self.stream_opts)
         shard, buf = plan.first_shard, _ShardBuffer()

@@ -247,15 +247,9 @@ class DetectActor:
         if isinstance(item, SkippedFrame):
             return item
         clock = dict(item.seconds)
-        st = self.stages
         with timed(clock, "tile"):
-            tf = st.tiler.crop(item.tf)
-        with torch.inference_mode():
-            dets, capped = st.detector(tf, clock)
-            with timed(clock, "measure"):
-                kept, cols, counts = st.post(dets, tf.image)
-        with timed(clock, "write"):
-            out, summary = self.rows(tf, kept, cols, counts, capped)
+            tf = self.stages.tiler.crop(item.tf)
+        out, summary = self.stages.frame(tf, self.rows, clock)
         return out, replace(summary, seconds=clock)
 
 

@@ -23,7 +23,7 @@ starts afresh (with a warning).
 from __future__ import annotations
 
 import logging
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -160,13 +160,22 @@ class LineStreamRun:
 
     # --- a segment ---
 
-    def frames(self, seg: StreamSegment) -> Iterator["tuple[FrameOutput, FrameSummary] | SkippedFrame"]:
-        saved = self._saved_flat_fields(seg)
+    def decode(self, frames: Sequence[FrameInfo]) -> Iterator[Decoded | SkippedFrame]:
+        """The frames decoded (and tiled, unless flat-fielded first) ahead, in order: what
+        ``frames`` takes a segment's ``work`` from."""
         tiler = None if self.sc.flat_field else self.stages.tiler
-        items = prefetch(list(seg.work), tiler, self.decode_workers, pin_memory=self.pin_memory)
+        return prefetch(list(frames), tiler, self.decode_workers, pin_memory=self.pin_memory)
+
+    def frames(self, seg: StreamSegment, items: Iterator[Decoded | SkippedFrame] | None = None
+               ) -> Iterator["tuple[FrameOutput, FrameSummary] | SkippedFrame"]:
+        """The segment's written frames in order; ``items``: its ``work`` decoded (``decode``;
+        None: decoded here), from an iterator that may go on with later segments' frames."""
+        saved = self._saved_flat_fields(seg)
+        own = items is None
+        items = self.decode(seg.work) if own else items
         last: Path | None = None  # the frame pushed last, if its stream goes on
         try:
-            with closing(items):
+            with closing(items) if own else nullcontext():
                 for k in range(len(seg.work)):
                     with timed(self.clock, "wait") if self.decode_workers else untimed():
                         item = next(items)

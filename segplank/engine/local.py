@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -468,82 +468,64 @@ class LocalRunner(RunnerBase):
     def _run(self, cruise_dir: Path, out_dir: Path, force: bool,
              on_frame: Callable[[RunStats, int], None] | None, limit: int | None) -> RunStats:
         plan = self._start(cruise_dir, out_dir, force, limit)
-        if self.stream:
-            return self._run_stream(plan, on_frame)
-        if self.cfg.stream.flat_field:
-            log.warning("stream.flat_field applies to line streams only (--stream); frames are used as they are")
         stats = plan.stats
-        clock = stats.stage_seconds
-        rows = RowMaker(plan.cruise_dir, plan.locator, self.ckpt.classes, self.cfg.instrument.line_rate_hz)
-        # workers fork before the writer's thread exists
-        frames = prefetch(plan.todo, self.tiler, self.decode_workers, pin_memory=self.device.type == "cuda")
+        rows = RowMaker(plan.cruise_dir, plan.locator, self.ckpt.classes, self.cfg.instrument.line_rate_hz,
+                        line_stream=self.stream)
+        frames = self._stream_frames(plan, rows) if self.stream else self._snapshot_frames(plan, rows)
         shard, buf = plan.first_shard, _ShardBuffer()
+        # the decode workers fork at the first frame, before the writer's first shard starts its thread
         with closing(frames), ShardWriter(plan.out_dir, self.write_queue) as writer:
-            while True:
-                with timed(clock, "wait") if self.decode_workers else untimed():
-                    item = next(frames, None)
-                if item is None:
-                    break
+            for item in frames:
                 if isinstance(item, SkippedFrame):
                     stats.skipped.append(item)
                     continue
-                _add_counts(clock, item.seconds)
-                n = self._frame(item.tf, rows, buf, stats)
+                out, summary = item
+                buf.add(out)
+                self._account(stats, summary)
                 if buf.full(self.cfg.output):
                     writer.submit(buf, shard)
                     shard, buf = shard + 1, _ShardBuffer()
                 if on_frame:
-                    on_frame(stats, n)
+                    on_frame(stats, out.table.num_rows)
                 if self._stop_here(stats):
-                    break
-            if buf.frames:
-                writer.submit(buf, shard)
-        _add_counts(clock, {"write": writer.seconds})
-        self._finish(plan)
-        return stats
-
-    def _frame(self, tf: TiledFrame, rows: RowMaker, buf: "_ShardBuffer", stats: RunStats) -> int:
-        """One frame through the stages into the shard buffer; returns its object count."""
-        out, summary = self.stages.frame(tf, rows, stats.stage_seconds)
-        buf.add(out)
-        self._account(stats, summary)
-        return out.table.num_rows
-
-    def _run_stream(self, plan: RunPlan, on_frame: Callable[[RunStats, int], None] | None) -> RunStats:
-        """``run`` for a line stream: its segments (``engine.segment_frames``; one by default) in
-        turn through ``LineStreamRun``, each frame written once every object of it is whole."""
-        stats = plan.stats
-        rows = RowMaker(plan.cruise_dir, plan.locator, self.ckpt.classes, self.cfg.instrument.line_rate_hz,
-                        line_stream=True)
-        runner = LineStreamRun(self.stages, rows, self.cfg, len(self.names) + 1,
-                               stats.stage_seconds, plan.out_dir, self.decode_workers,
-                               pin_memory=self.device.type == "cuda", **self.stream_opts)
-        shard, buf = plan.first_shard, _ShardBuffer()
-        with ShardWriter(plan.out_dir, self.write_queue) as writer:
-            segments = self._segments(plan, self.cfg.engine.segment_frames, self.max_gap_s,
-                                      self.stream_opts["max_open_frames"])
-            for seg in segments:
-                for item in runner.frames(seg):
-                    if isinstance(item, SkippedFrame):
-                        stats.skipped.append(item)
-                        continue
-                    out, summary = item
-                    buf.add(out)
-                    self._account(stats, summary)
-                    if buf.full(self.cfg.output):
-                        writer.submit(buf, shard)
-                        shard, buf = shard + 1, _ShardBuffer()
-                    if on_frame:
-                        on_frame(stats, out.table.num_rows)
-                    if self._stop_here(stats):
-                        break  # what is open across this frame is left not done
-                if stats.interrupted:
-                    break
+                    break  # a line stream leaves what is open across this frame not done
             if buf.frames:
                 writer.submit(buf, shard)
         stats.stage_seconds["write"] = stats.stage_seconds.get("write", 0.0) + writer.seconds
         self._finish(plan)
         return stats
+
+    def _snapshot_frames(self, plan: RunPlan, rows: RowMaker) -> Iterator[tuple[FrameOutput, FrameSummary] | SkippedFrame]:
+        """Each frame to do through the stages, alone (``Stages.frame``), in order."""
+        if self.cfg.stream.flat_field:
+            log.warning("stream.flat_field applies to line streams only (--stream); frames are used as they are")
+        clock = plan.stats.stage_seconds
+        frames = prefetch(plan.todo, self.tiler, self.decode_workers, pin_memory=self.device.type == "cuda")
+        with closing(frames):
+            while True:
+                with timed(clock, "wait") if self.decode_workers else untimed():
+                    item = next(frames, None)
+                if item is None:
+                    return
+                if isinstance(item, SkippedFrame):
+                    yield item
+                    continue
+                _add_counts(clock, item.seconds)
+                yield self.stages.frame(item.tf, rows, clock)
+
+    def _stream_frames(self, plan: RunPlan, rows: RowMaker) -> Iterator[tuple[FrameOutput, FrameSummary] | SkippedFrame]:
+        """A line stream's segments (``engine.segment_frames``; one by default) in turn through
+        ``LineStreamRun``: each frame once every object that starts in it is whole."""
+        runner = LineStreamRun(self.stages, rows, self.cfg, len(self.names) + 1, plan.stats.stage_seconds,
+                               plan.out_dir, self.decode_workers, pin_memory=self.device.type == "cuda",
+                               **self.stream_opts)
+        segments = self._segments(plan, self.cfg.engine.segment_frames, self.max_gap_s,
+                                  self.stream_opts["max_open_frames"])
+        # one set of decode workers for every segment's frames, started before any writer thread
+        items = runner.decode([f for seg in segments for f in seg.work])
+        with closing(items):
+            for seg in segments:
+                yield from runner.frames(seg, items)
 
 
 @dataclass

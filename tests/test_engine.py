@@ -152,3 +152,22 @@ def test_ray_engine_is_optional(monkeypatch, small_cruise, tiny_checkpoint):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: one clear line, before any work
     with pytest.raises(RunError, match=r"pip install 'segplank\[ray\]'"):
         RayRunner(load_config(None, small_cruise), load_checkpoint(tiny_checkpoint), tiny_checkpoint)
+
+
+def test_tiles_full_of_detections_are_reported_per_frame(tmp_path, small_cruise, tiny_checkpoint, caplog):
+    """A tile whose candidates fill detections_per_tile may miss objects: each frame says how
+    many of its tiles did (the predictor returns it with the tiles' detections), the manifest
+    sums them, and the run warns."""
+    import json
+
+    ck = load_checkpoint(tiny_checkpoint)
+    one = ck.replace_config(ck.model_config.model_copy(update={"detections_per_tile": 1}))
+    path = one.save(tmp_path / "one.pt")
+    cfg = load_config(None, small_cruise, {**CFG, "detector": {"vignette_classifier": False}})
+    with caplog.at_level("WARNING", logger="segplank"):
+        stats = LocalRunner(cfg, load_checkpoint(path), path, torch.device("cpu"), threads=1).run(
+            small_cruise, tmp_path / "o")
+    assert 0 < stats.capped_tiles <= stats.tiles_run
+    man = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert man["tiles"]["capped"] == stats.capped_tiles
+    assert "reached detections_per_tile=1" in caplog.text

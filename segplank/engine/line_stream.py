@@ -241,6 +241,7 @@ class LineStreamRun:
             dets, capped = st.detector(tf, clock)
             with timed(clock, "measure"):
                 d, counts = st.post.prepare(dets)
+        # detections not kept for the stream (non-plankton without a classifier): counted with the frame
         dropped = counts.per_class - np.bincount(d.labels, minlength=self.n_classes)
         light = replace(tf, image=None, tiles=None, proposals=None)
         if write:
@@ -277,7 +278,7 @@ class LineStreamRun:
 
     def _emit(self, ready) -> Iterator:
         for r in ready:
-            counts = self._found.pop(r.info.path, FrameCounts(per_class=np.zeros(self.n_classes, np.int64)))
+            counts = self._found.pop(r.info.path, FrameCounts(n_classes=self.n_classes))
             if not r.payload["write"]:
                 continue  # replayed (written by the run that did it) or run on (the next segment's)
             self._open_writes.discard(r.info.path)
@@ -287,7 +288,7 @@ class LineStreamRun:
 
                 kept = Detections.empty(r.info)
                 cols = measure(kept, np.zeros((1, 1), np.uint8), r.info.pixel_size_um)
-            counts.per_class += r.payload["dropped"]
+            counts.add("detected, not kept", r.payload["dropped"])
             counts.written = len(kept)
             with timed(self.clock, "write"):
                 out, summary = self.rows(r.frame, kept, cols, counts, r.payload["capped"])
@@ -297,14 +298,10 @@ class LineStreamRun:
 
     def _process(self, d: Detections, image: np.ndarray):
         """Closed objects → refined, classified, filtered, measured (``Postprocessor.finish``), counted."""
-        c = self._found.setdefault(d.frame.path, FrameCounts(per_class=np.zeros(self.n_classes, np.int64)))
-        part = FrameCounts(per_class=np.zeros(self.n_classes, np.int64))
+        part = FrameCounts(np.bincount(d.labels, minlength=self.n_classes))
         with timed(self.clock, "measure"):
             kept, cols = self.stages.post.finish(d, image, part)
-        c.per_class += np.bincount(d.labels, minlength=self.n_classes) + part.per_class  # + renamings
-        c.too_small, c.too_large = c.too_small + part.too_small, c.too_large + part.too_large
-        c.duplicates += part.duplicates
-        c.rejected += part.rejected
+        self._found.setdefault(d.frame.path, FrameCounts(n_classes=self.n_classes)).merge(part)
         return kept, cols
 
     def _select(self, parts: list[tuple[FrameInfo, Detections]]) -> list[np.ndarray]:
@@ -315,7 +312,7 @@ class LineStreamRun:
         for info, d in parts:
             k, start = keep[start:start + len(d)], start + len(d)
             c = self._found[info.path]
-            c.duplicates += int((~k).sum())
-            c.per_class -= np.bincount(d.labels[~k], minlength=self.n_classes)
+            c.add("duplicates", int((~k).sum()))
+            c.add("copies across batches", -np.bincount(d.labels[~k], minlength=self.n_classes))
             out.append(np.flatnonzero(k))
         return out

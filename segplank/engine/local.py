@@ -226,7 +226,7 @@ class RowMaker:
         out = FrameOutput(table, coco_image(kept, rel), coco_annotations(kept, table.column("object_id").to_pylist(), self.line_stream),
                           _frame_row(rel, tf, counts, self.names, shard, at_frame))
         per_label = np.bincount(kept.labels, minlength=len(self.names) + 1)[1:]
-        summary = FrameSummary(rel, counts.tiles, counts.tiles_run, capped, _named(counts.per_class[1:], self.names),
+        summary = FrameSummary(rel, len(tf.windows), len(tf.run), capped, _named(counts.per_class[1:], self.names),
                                _named(per_label, self.names))
         return out, summary
 
@@ -621,7 +621,6 @@ class ShardWriter:
 
 
 def _frame_row(rel: str, tf, counts, names: list[str], shard: int, pos: Position) -> dict:
-    counts.tiles, counts.tiles_run = len(tf.windows), len(tf.run)
     per = {names[k]: int(n) for k, n in enumerate(counts.per_class[1:]) if n}
     size, mtime = _file_stamp(tf.frame.path)
     return {"frame_path": rel, "frame_index": tf.frame.index, "shard": shard, "time": tf.frame.timestamp,

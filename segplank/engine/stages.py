@@ -79,19 +79,54 @@ class Tiler:
         return replace(tf, tiles=crop_tiles(x, tf.windows[tf.run], size))
 
 
-@dataclass
 class FrameCounts:
-    """What one frame held: every detection counted per class, whether written or not."""
+    """What one frame's stages counted and dropped: an append-only tally, read as totals.
 
-    per_class: np.ndarray  # (K + 1,) detections per label after stitching
-    written: int = 0
-    too_small: int = 0
-    too_large: int = 0
-    duplicates: int = 0  # parts of organisms that refinement showed to be one
-    rejected: int = 0  # refined into no organism: spanning the frame, or background-level grey
-    tiles: int = 0
-    tiles_run: int = 0
-    capped_tiles: int = 0
+    Each stage adds what it did (``add(what, n)``, ``n`` a count or a signed per-class array)
+    and nothing is rewritten, so the totals say where every detection went: ``per_class``
+    counts each detection once per class, written or not (the classifier's names replace the
+    box head's, copies judged across a stream's batches are taken out); ``too_small``,
+    ``too_large``, ``duplicates`` (parts of organisms that refinement showed to be one) and
+    ``rejected`` (refined into no organism: spanning the frame, or background-level grey)
+    what the filters dropped. ``written`` is the frame's rows, set once they are final.
+    """
+
+    SCALARS = ("too_small", "too_large", "duplicates", "rejected")
+
+    def __init__(self, per_class: np.ndarray | None = None, n_classes: int | None = None) -> None:
+        self.n_classes = len(per_class) if per_class is not None else int(n_classes or 0)
+        self.entries: list[tuple[str, int | np.ndarray]] = []
+        self.written = 0
+        if per_class is not None:
+            self.add("detected", per_class)
+
+    def add(self, what: str, n: int | np.ndarray) -> None:
+        """Record ``n`` under ``what``: an int for the filters' counts, a per-class array otherwise."""
+        if what not in self.SCALARS:
+            n = np.asarray(n, np.int64)
+            if n.shape != (self.n_classes,):
+                raise ValueError(f"{what}: per-class counts of shape {n.shape}, expected ({self.n_classes},)")
+        self.entries.append((what, n))
+
+    def merge(self, other: "FrameCounts") -> None:
+        """Take in another tally of the same frame (a batch of its objects closed in a line stream)."""
+        self.entries.extend(other.entries)
+
+    @property
+    def per_class(self) -> np.ndarray:
+        out = np.zeros(self.n_classes, np.int64)
+        for what, n in self.entries:
+            if what not in self.SCALARS:
+                out += n
+        return out
+
+    def total(self, what: str) -> int:
+        return int(sum(n for w, n in self.entries if w == what))
+
+    too_small = property(lambda self: self.total("too_small"))
+    too_large = property(lambda self: self.total("too_large"))
+    duplicates = property(lambda self: self.total("duplicates"))
+    rejected = property(lambda self: self.total("rejected"))
 
 
 class Postprocessor:
@@ -143,7 +178,7 @@ class Postprocessor:
         ``counts.per_class`` follows the classifier's names when it renames detections.
         """
         if self.classifier is not None:  # the classifier's names replace the box head's in the counts
-            counts.per_class = counts.per_class - np.bincount(d.labels, minlength=len(self.classes) + 1)
+            counts.add("named by the box head, renamed", -np.bincount(d.labels, minlength=len(self.classes) + 1))
         d = self.refine(d, image, counts)
         d = self._reject_no_organism(d, image, counts)
         px = d.frame.pixel_size_um if d.frame else 1.0
@@ -151,9 +186,9 @@ class Postprocessor:
             d = self._classify(d, image, px, counts)
         esd = 2.0 * np.sqrt(d.masks.areas() / np.pi) * px
         ok = (esd >= self.filter.min_size_um) & (esd > 0)
-        counts.too_small = int((esd < self.filter.min_size_um).sum())
+        counts.add("too_small", int((esd < self.filter.min_size_um).sum()))
         if self.filter.max_size_um is not None:
-            counts.too_large = int((esd > self.filter.max_size_um).sum())
+            counts.add("too_large", int((esd > self.filter.max_size_um).sum()))
             ok &= esd <= self.filter.max_size_um
         d = d[np.flatnonzero(ok)]
         cols = measure(d, image, px)
@@ -201,7 +236,7 @@ class Postprocessor:
         bad = (bw >= SPANNING_SHARE * w) | (bh >= SPANNING_SHARE * h)
         scale = 257.0 if image.dtype == np.uint16 else 1.0
         bad |= mask_contrast(d.masks, image, self.polarity) < 0.5 * self.measure_cfg.refine_contrast * scale
-        counts.rejected += int(bad.sum())
+        counts.add("rejected", int(bad.sum()))
         return d[np.flatnonzero(~bad)]
 
     def _classify(self, d: Detections, image: np.ndarray, px: float, counts: FrameCounts) -> Detections:
@@ -218,9 +253,9 @@ class Postprocessor:
             d = d.replace(labels=labels, scores=scores)
             d = d[np.flatnonzero(labels > 0)]
         keep = self.distinct(d)
-        counts.duplicates += len(d) - len(keep)
+        counts.add("duplicates", len(d) - len(keep))
         d = d[keep]
-        counts.per_class = counts.per_class + np.bincount(d.labels, minlength=len(self.classes) + 1)
+        counts.add("named by the classifier", np.bincount(d.labels, minlength=len(self.classes) + 1))
         keep = (self._plankton[d.labels] | self.filter.keep_non_plankton) & (d.scores >= self._thresholds[d.labels])
         return d[np.flatnonzero(keep)]
 
@@ -264,7 +299,7 @@ class Postprocessor:
         keep = box_ops.nms(torch.from_numpy(d.boxes[idx]), torch.from_numpy(d.scores[idx]),
                            self.measure_cfg.duplicate_iou).numpy()
         drop = np.setdiff1d(idx, idx[keep])
-        counts.duplicates += len(drop)
+        counts.add("duplicates", len(drop))
         return d[np.setdiff1d(np.arange(len(d)), drop)]
 
 
@@ -318,9 +353,8 @@ class FrameDetector:
 
         ``clock`` (optional) accumulates seconds spent in the model and in the stitcher.
         """
-        before = self.predictor.capped_tiles
         t0 = time.perf_counter()
-        tile_dets = self.predictor(tf.tiles, tf.proposals) if len(tf.run) else []
+        tile_dets, capped = self.predictor.predict(tf.tiles, tf.proposals) if len(tf.run) else ([], 0)
         t1 = time.perf_counter()
         dets = self.stitcher(tile_dets, tf.windows, tf.run, frame=tf.frame)
         if self.label_map is not None:
@@ -329,4 +363,4 @@ class FrameDetector:
         if clock is not None:
             clock["model"] = clock.get("model", 0.0) + t1 - t0
             clock["stitch"] = clock.get("stitch", 0.0) + time.perf_counter() - t1
-        return dets, self.predictor.capped_tiles - before
+        return dets, capped

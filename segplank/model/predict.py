@@ -39,16 +39,23 @@ class TilePredictor:
         self.batch_size = batch_size
         self.amp = (device.type == "cuda") if amp is None else amp
         self.capacity = model.roi_heads.detections_per_img
-        self.capped_tiles = 0  # tiles whose candidates filled `detections_per_tile`: reported, never silent
         self.mask_size = 28
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
 
-    @torch.inference_mode()
     def __call__(self, tiles: np.ndarray | torch.Tensor,
                  proposals: list[np.ndarray] | None = None) -> list[Detections]:
-        """``proposals``: optional extra boxes per tile (tile pixels) scored beside the RPN's."""
+        """Each tile's detections; ``proposals``: optional extra boxes per tile (tile pixels)
+        scored beside the RPN's."""
+        return self.predict(tiles, proposals)[0]
+
+    @torch.inference_mode()
+    def predict(self, tiles: np.ndarray | torch.Tensor,
+                proposals: list[np.ndarray] | None = None) -> tuple[list[Detections], int]:
+        """Each tile's detections, and how many tiles filled ``detections_per_tile`` (objects
+        may be missing there: reported, never silent)."""
         out: list[Detections] = []
+        capped = 0
         for start in range(0, len(tiles), self.batch_size):
             batch = torch.as_tensor(tiles[start:start + self.batch_size])
             batch = batch.to(self.device, non_blocking=True).float()
@@ -56,10 +63,12 @@ class TilePredictor:
             if proposals is not None:
                 extra = [torch.as_tensor(p, dtype=torch.float32).reshape(-1, 4).to(self.device)
                          for p in proposals[start:start + self.batch_size]]
-            out.extend(self._run(batch, extra))
-        return out
+            dets, full = self._run(batch, extra)
+            out.extend(dets)
+            capped += full
+        return out, capped
 
-    def _run(self, batch: torch.Tensor, extra: list[torch.Tensor] | None = None) -> list[Detections]:
+    def _run(self, batch: torch.Tensor, extra: list[torch.Tensor] | None = None) -> tuple[list[Detections], int]:
         m = self.model
         images = [t[None].expand(3, -1, -1) for t in batch]
         ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
@@ -74,7 +83,7 @@ class TilePredictor:
             logits, deltas = rh.box_predictor(feats)
             boxes, scores, labels = rh.postprocess_detections(logits.float(), deltas.float(), proposals,
                                                               images_t.image_sizes)
-            self.capped_tiles += sum(int(len(b) >= self.capacity) for b in boxes)
+            capped = sum(int(len(b) >= self.capacity) for b in boxes)
             keep = [s >= self.thresholds[lb] for s, lb in zip(scores, labels)]
             boxes = [b[k] for b, k in zip(boxes, keep)]
             scores = [s[k] for s, k in zip(scores, keep)]
@@ -98,7 +107,7 @@ class TilePredictor:
             probs[n] = p[:, 0].float()
             result.append(Detections(boxes=b.float() * sc, scores=s.float(), labels=lb,
                                      masks=RoiMasks(probs), extra={"has_mask": n}))
-        return result
+        return result, capped
 
     def _needs_mask(self, labels: torch.Tensor) -> torch.Tensor:
         if self.masks_for_non_plankton:

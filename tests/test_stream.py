@@ -740,11 +740,15 @@ def _frame_table(out):
     return t.sort_values("frame_index").reset_index(drop=True)
 
 
-def test_segments_of_three_frames_give_the_objects_of_one_uncut_stream(tmp_path, tiny_checkpoint, monkeypatch):
+@pytest.mark.parametrize("classifier", [False, True])
+def test_segments_of_three_frames_give_the_objects_of_one_uncut_stream(tmp_path, tiny_checkpoint, monkeypatch,
+                                                                         classifier):
     """A line stream cut into segments of 3 frames (what a Ray task or a worker runs, each alone)
     gives one uncut stream's objects, every column: organisms across every segment boundary come
     out once, whole, with the segment of their first line; one longer than max_open_frames (the
-    segments' lead-in) is cut where one uncut stream cuts it, on the grid of stream positions."""
+    segments' lead-in) is cut where one uncut stream cuts it, on the grid of stream positions.
+    With a vignette classifier and fragments beside the parts below each cut, the copies-and-parts
+    rule across batches judges the same objects in a segment as in the uncut stream."""
     import json
 
     import pyarrow.parquet as pq
@@ -758,16 +762,51 @@ def test_segments_of_three_frames_give_the_objects_of_one_uncut_stream(tmp_path,
         assert any(cut in o["frames"] and cut + 1 in o["frames"] for o in truth)
     longest = max(truth, key=lambda o: len(o["frames"]))
     assert longest["frames"] == [2, 3, 4, 5, 6]  # across both boundaries, longer than max_open_frames=3
-    _perfect_engine_detector(monkeypatch, cruise)
+    _perfect_engine_detector(monkeypatch, cruise, fragments=classifier)
     extra = {"filter": {"score_threshold": 0.0, "keep_non_plankton": True}, "output": {"shard_frames": 2}}
     whole = _stream_run(cruise, tiny_checkpoint, tmp_path, extra, max_open_frames=3)
-    whole.run(cruise, tmp_path / "whole")
     cut = _stream_run(cruise, tiny_checkpoint, tmp_path, {**extra, "engine": {"segment_frames": 3}}, max_open_frames=3)
+    if classifier:
+        from segplank.engine.stages import Postprocessor
+
+        p = whole.post
+        whole.post = cut.post = Postprocessor(p.classes, p.filter, p.measure_cfg, p.polarity,
+                                              _SurerOfLarger(len(p.classes) + 1))
+    whole.run(cruise, tmp_path / "whole")
     stats = cut.run(cruise, tmp_path / "cut")
     assert stats.frames_done == 9
     a, b = (pq.read_table(tmp_path / d / "objects").to_pandas().sort_values("object_id").reset_index(drop=True)
             for d in ("whole", "cut"))
     # the long organism in two pieces, cut after frame 5 (a multiple of 3 in the stream), the rest whole
     assert a.equals(b)
-    assert len(a) == len(truth) + 1 and a["object_id"].is_unique
+    if not classifier:
+        assert len(a) == len(truth) + 1 and a["object_id"].is_unique
     assert _frame_table(tmp_path / "whole").equals(_frame_table(tmp_path / "cut"))
+
+
+def test_segment_plans_replay_run_on_and_the_stream_starts_an_earlier_run_recorded():
+    """Which frames a segment replays, writes and runs on through; a frame an earlier run did
+    as a stream's start (its predecessor unusable then) is neither continued into nor run on
+    through, so its objects are not written a second time."""
+    from segplank.engine.line_stream import plan_segments
+    from segplank.structures import FrameInfo
+
+    frames = [FrameInfo(Path(f"f{i:02d}.png"), i, None) for i in range(12)]
+    sids = np.zeros(12, np.int64)
+    name = lambda fs: [f.path.stem for f in fs]  # noqa: E731
+    # an uncut run of the last 6 frames, resumed after the first 6: 4 frames replayed, none run on
+    (seg,) = plan_segments(frames, frames[6:], sids, None, {f.path: True for f in frames[:6]}, 4)
+    assert name(seg.work) == ["f02", "f03", "f04", "f05", *name(frames[6:])]
+    assert sorted(p.stem for p in seg.replay) == ["f02", "f03", "f04", "f05"] and seg.positions[0] == 2
+    assert seg.run_on == {9: ((), True)}  # the stream ends after f11
+    # segments of 3: each runs on through the next segment's frames, unwritten
+    segs = plan_segments(frames, frames[6:], sids, 3, {f.path: True for f in frames[:6]}, 4)
+    assert [s.first for s in segs] == [0, 3] and name(segs[0].run_on[6][0]) == ["f09", "f10", "f11"]
+    assert name(segs[1].work) == ["f05", "f06", "f07", "f08", "f09", "f10", "f11"]
+    # f04 to do again (unusable before), f05 done as a stream start, f09 on to do
+    done = {**{f.path: True for f in frames[:4]}, frames[5].path: False,
+            **{f.path: True for f in frames[6:9]}}
+    (seg,) = plan_segments(frames, [frames[4], *frames[9:]], sids, None, done, 4)
+    k4 = name(seg.work).index("f04")
+    assert k4 + 1 not in seg.continues and seg.run_on.get(k4) is None  # the stream ends at f04
+    assert name(seg.work)[k4 + 1] == "f05" and frames[5].path in seg.replay

@@ -4,21 +4,23 @@ A run's frames to do are cut into segments of consecutive frames; each segment i
 one worker, alone, and gives exactly the objects an uncut stream gives its frames:
 
 - an object belongs to the frame where its first line lies (``stream.FrameAssembler``);
-- a segment's first frame is preceded by its stream predecessor, run again but never written
-  (``replay``): it restores the objects open across the cut, which belong to the frame before
-  and are written by whoever writes that frame (``stream.plan_stream_work``, as for a resumed
-  run);
+- a segment's first frame is preceded by up to ``stream.max_open_frames`` frames of its
+  stream, run again but never written (``replay``): they restore the objects open across the
+  cut, which belong to the frames before and are written by whoever writes those
+  (``stream.plan_stream_work``, as for a resumed run);
 - after a segment's last frame, the frames that follow in its stream are run, never written
   (``run_on``), only until every object of the written frames is closed. They are the next
   segment's, or a later run's; a frame that an earlier run did as the start of a stream (its
-  predecessor was unusable then) ends the run-on, as the stream ended there.
+  predecessor was unusable then) ends the run-on, and the replay, as the stream ended there.
 
 An organism longer than ``stream.max_open_frames`` frames is cut into pieces by the stitcher
-(with a warning); where such a piece begins depends on where the stream began, so segments
-(and resumed runs) may cut it elsewhere than one uncut stream: raise ``max_open_frames`` past
-the longest organism. The flat-field (``stream.flat_field``) runs from frame to frame: a
-segment restores the state saved with its replayed frame when an earlier run wrote it, else
-starts afresh (with a warning).
+(with a warning), at multiples of ``max_open_frames`` frames in its stream: the replay is long
+enough for every segment, and every resumed run, to cut it where one uncut stream does.
+
+The flat-field (``stream.flat_field``) runs from frame to frame: a segment restores the state
+saved with a replayed frame that an earlier run wrote; a replayed frame of this run's other
+segments starts the background afresh (never what a neighbour happens to have written by
+then, so that a run's output does not depend on the order its segments ran in).
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ class StreamSegment:
     continues: frozenset[int] = frozenset()  # positions in ``work`` that continue the frame before
     positions: tuple[int, ...] = ()  # each work frame's place in its stream (frames since its first)
     first: int = 0
+    restore: frozenset[Path] = frozenset()  # replayed frames an earlier run wrote (flat-field states saved)
 
     @property
     def written(self) -> int:
@@ -93,11 +96,13 @@ def plan_segments(frames: Sequence[FrameInfo], todo: Sequence[FrameInfo], sids: 
         run_on, continues = {}, set()
         for k, i in enumerate(at):
             if k + 1 < len(at) and at[k + 1] == i + 1 and sids[i + 1] == sids[i]:
-                continues.add(k + 1)  # its successor comes from the decoders anyway
-                continue
+                if done.get(frames[i + 1].path, True) is not False:
+                    continues.add(k + 1)  # its successor comes from the decoders anyway
+                continue  # else an earlier run started a stream there: this one ends here
             run_on[k] = _run_on(frames, sids, i, done, most_run_on)
+        restore = frozenset(p for p in replay if p in done)
         out.append(StreamSegment(tuple(work), frozenset(replay), run_on, frozenset(continues),
-                                 tuple(int(i - first[i]) for i in at), a))
+                                 tuple(int(i - first[i]) for i in at), a, restore))
     return out
 
 
@@ -253,24 +258,24 @@ class LineStreamRun:
         yield from self._emit(ready)
 
     def _flat_field_state(self, frame: FrameInfo, starts: bool, saved: dict[str, bytes | None]) -> bytes | None:
-        """The flat-field state this frame starts from (a fresh one where its stream starts here)."""
+        """The flat-field state this frame starts from: a fresh one where its stream starts here,
+        the one saved with it where an earlier run wrote it (exact, whatever came before)."""
         if not self.sc.flat_field:
             return None
         if starts or self._flat is None:
             self._flat = ColumnFlatField(self.sc.flat_field_block, self.sc.flat_field_window)
-            rel = relative_path(frame.path, self.rows.cruise_dir)
-            if rel in saved:
-                if saved[rel] is None:
-                    log.warning("%s: no flat-field state saved with it; its stream's background starts afresh there", rel)
-                else:
-                    self._flat.load_bytes(saved[rel])
+        rel = relative_path(frame.path, self.rows.cruise_dir)
+        if saved.get(rel) is not None:
+            self._flat.load_bytes(saved[rel])
+        elif rel in saved and starts:
+            log.warning("%s: no flat-field state saved with it; its stream's background starts afresh there", rel)
         return self._flat.to_bytes()
 
     def _saved_flat_fields(self, seg: StreamSegment) -> dict[str, bytes | None]:
-        """The states saved with the segment's replayed frames (None where no earlier run wrote one)."""
-        if not self.sc.flat_field or not seg.replay:
+        """The states saved with the segment's replayed frames that earlier runs wrote (None: none saved)."""
+        if not self.sc.flat_field or not seg.restore:
             return {}
-        rels = {relative_path(p, self.rows.cruise_dir) for p in seg.replay}
+        rels = {relative_path(p, self.rows.cruise_dir) for p in seg.restore}
         found = saved_frame_values(self.out_dir, rels, "flat_field")
         return {r: found.get(r) for r in rels}
 

@@ -348,7 +348,7 @@ class RunnerBase:
         most = 2 * max_open_frames + 2  # frames a segment may run on past its last (plan_segments)
         # done frames a segment may run on through: did their run carry the stream into them?
         near = {j for i, f in enumerate(plan.frames) if f.path in todo
-                for j in range(i + 1, min(i + 1 + most, len(plan.frames))) if plan.frames[j].path not in left}
+                for j in range(i + 1, min(i + 2 + most, len(plan.frames))) if plan.frames[j].path not in left}
         rel = {plan.frames[j].path: relative_path(plan.frames[j].path, plan.cruise_dir) for j in near}
         continued = saved_frame_values(plan.out_dir, set(rel.values()), "stream_continued")
         done = {f.path: continued.get(rel[f.path]) if f.path in rel else None
@@ -541,10 +541,12 @@ class _ShardBuffer:
     def frames(self) -> int:
         return len(self.frame_rows)
 
-    def full(self, out: OutputConfig) -> bool:
-        """Whether to write it now: enough objects or frames, or ``shard_seconds`` of work that a kill would lose."""
+    def full(self, out: OutputConfig, timed: bool = True) -> bool:
+        """Whether to write it now: enough objects or frames, or ``shard_seconds`` of work that a
+        kill would lose (``timed=False``: not by time, so that a retried task groups its frames
+        into the very shards, with the very names, of its first attempt)."""
         return bool(self.frames) and (self.objects >= out.shard_objects or self.frames >= out.shard_frames
-                                      or time.monotonic() - self.started >= out.shard_seconds)
+                                      or (timed and time.monotonic() - self.started >= out.shard_seconds))
 
     def add(self, out: FrameOutput) -> None:
         self.tables.append(out.table)

@@ -291,7 +291,7 @@ class SegmentActor:
             self.clock.clear()
             buf.add(out)
             group.append((ordinal, replace(summary, seconds=seconds)))
-            if buf.full(self.cfg.output):
+            if buf.full(self.cfg.output, timed=False):
                 done += _flush(buf, group, self.out_dir, self.first_shard)
                 buf, group = _ShardBuffer(), []
         if group:

@@ -590,15 +590,14 @@ class ColumnFlatField:
 # --- what a (resumed) run processes --------------------------------------------------------
 
 def plan_stream_work(frames: Sequence[FrameInfo], todo: Sequence[FrameInfo],
-                     sids: np.ndarray, lead_in: int = 1) -> tuple[list[FrameInfo], set[Path], set[Path]]:
-    """The frames to run in order, those among them only replayed, and the streams' last frames.
+                     sids: np.ndarray, lead_in: int = 1) -> tuple[list[FrameInfo], set[Path]]:
+    """The frames to run in order, and those among them only replayed.
 
     A frame left to do whose predecessors in its stream are not (an earlier run stopped there,
     or another segment writes them) is preceded by up to ``lead_in`` of them, run again but not
     written: they restore the objects open across the cut, so the parts of objects written
     with them are recognised and not written twice (``max_open_frames`` of them also place a
-    long object's forced cuts as one uncut stream does). ``ends``: paths of the last frame of
-    each stream.
+    long object's forced cuts as one uncut stream does).
     """
     pos = {f.path: i for i, f in enumerate(frames)}
     todo_paths = {f.path for f in todo}
@@ -615,5 +614,4 @@ def plan_stream_work(frames: Sequence[FrameInfo], todo: Sequence[FrameInfo],
             work.append(b)
             replay.add(b.path)
         work.append(f)
-    ends = {frames[i].path for i in range(len(frames)) if i == len(frames) - 1 or sids[i + 1] != sids[i]}
-    return work, replay, ends
+    return work, replay

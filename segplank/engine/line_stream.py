@@ -91,7 +91,7 @@ def plan_segments(frames: Sequence[FrameInfo], todo: Sequence[FrameInfo], sids: 
     most_run_on = 2 * max_open_frames + 2
     out = []
     for a in range(0, len(todo), size):
-        work, replay, _ = plan_stream_work(frames, todo[a:a + size], sids, lead_in=max_open_frames)
+        work, replay = plan_stream_work(frames, todo[a:a + size], sids, lead_in=max_open_frames)
         at = [pos[f.path] for f in work]
         run_on, continues = {}, set()
         for k, i in enumerate(at):

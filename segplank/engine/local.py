@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -42,7 +42,7 @@ from ..structures import Detections, FrameInfo
 from .outdir import RunError, StopRequest, claimed
 from .prefetch import prefetch
 from ..stream import stream_ids
-from .line_stream import LineStreamRun, StreamSegment, plan_segments, saved_frame_values
+from .line_stream import LineStreamRun, StreamSegment, plan_segments
 from .stages import FrameCounts, FrameDetector, Postprocessor, TiledFrame, Tiler
 from .timing import timed, untimed
 
@@ -258,6 +258,16 @@ class RunPlan:
     started: float
     frames: list[FrameInfo] = field(default_factory=list)  # every frame found, done or not
     rest: list[FrameInfo] = field(default_factory=list)  # frames left to do beyond --limit
+    # frames earlier runs did → whether their line stream went on into them (None: not a line
+    # stream, or not recorded)
+    done: dict[Path, bool | None] = field(default_factory=dict)
+
+
+class DoneFrame(NamedTuple):
+    """What the frame table says of a frame an earlier run did."""
+
+    stamp: tuple[int, int] | None  # size and mtime (ns) of its file then (None: not recorded)
+    continued: bool | None  # its line stream went on into it from the frame before (None: not recorded)
 
 
 class RunnerBase:
@@ -328,7 +338,8 @@ class RunnerBase:
         if limit is not None:
             todo, rest = todo[:limit], todo[limit:]
         plan = RunPlan(cruise_dir, out_dir, manifest_path, ident, todo, _next_shard(out_dir),
-                       Locator.from_cruise(cruise_dir, self.cfg.geo), stats, t0, frames, rest)
+                       Locator.from_cruise(cruise_dir, self.cfg.geo), stats, t0, frames, rest,
+                       {f.path: done[r].continued for f, r in zip(frames, rels) if r in done})
         self._write_manifest(manifest_path, ident, cruise_dir, stats, final=False)
         return plan
 
@@ -343,17 +354,7 @@ class RunnerBase:
         """The line stream's frames to do, in segments of ``size`` frames (None: one segment)."""
         gap = max_gap_s if max_gap_s is not None else 1.5 / self.cfg.instrument.frame_rate_hz
         sids = stream_ids(plan.frames, gap, self.cfg.instrument.timestamp_regex)
-        todo = {f.path for f in plan.todo}
-        left = todo | {f.path for f in plan.rest}
-        most = 2 * max_open_frames + 2  # frames a segment may run on past its last (plan_segments)
-        # done frames a segment may run on through: did their run carry the stream into them?
-        near = {j for i, f in enumerate(plan.frames) if f.path in todo
-                for j in range(i + 1, min(i + 2 + most, len(plan.frames))) if plan.frames[j].path not in left}
-        rel = {plan.frames[j].path: relative_path(plan.frames[j].path, plan.cruise_dir) for j in near}
-        continued = saved_frame_values(plan.out_dir, set(rel.values()), "stream_continued")
-        done = {f.path: continued.get(rel[f.path]) if f.path in rel else None
-                for f in plan.frames if f.path not in left}
-        return plan_segments(plan.frames, plan.todo, sids, size, done, max_open_frames)
+        return plan_segments(plan.frames, plan.todo, sids, size, plan.done, max_open_frames)
 
     def _account(self, stats: RunStats, summary: FrameSummary) -> None:
         stats.add(summary)
@@ -362,8 +363,8 @@ class RunnerBase:
                         summary.path, summary.capped, self.capacity)
 
     def _check_previous(self, manifest_path: Path, ident: dict, force: bool,
-                        out_dir: Path) -> dict[str, tuple[int, int] | None]:
-        """The frames a previous run of the same identity finished (path → size and mtime of its file)."""
+                        out_dir: Path) -> dict[str, DoneFrame]:
+        """The frames a previous run of the same identity finished (relative path → what its table says)."""
         if not manifest_path.exists():
             if out_dir.exists() and any(out_dir.glob("objects/*.parquet")):
                 raise RunError(f"{out_dir}: holds object files but no manifest.json; choose an empty output folder")
@@ -491,7 +492,7 @@ class LocalRunner(RunnerBase):
                     break  # a line stream leaves what is open across this frame not done
             if buf.frames:
                 writer.submit(buf, shard)
-        stats.stage_seconds["write"] = stats.stage_seconds.get("write", 0.0) + writer.seconds
+        _add_counts(stats.stage_seconds, {"write": writer.seconds})
         self._finish(plan)
         return stats
 
@@ -660,10 +661,11 @@ def _check_frame_keys(rels: list[str]) -> None:
         seen[k] = r
 
 
-def _check_unchanged(frames: list[FrameInfo], rels: list[str], done: dict[str, tuple[int, int] | None],
+def _check_unchanged(frames: list[FrameInfo], rels: list[str], done: dict[str, DoneFrame],
                      out_dir: Path) -> None:
     """A frame done by an earlier run must be the same file now (size and mtime), else the run is refused."""
-    changed = [r for f, r in zip(frames, rels) if done.get(r) is not None and _file_stamp(f.path) != done[r]]
+    changed = [r for f, r in zip(frames, rels)
+               if r in done and done[r].stamp is not None and _file_stamp(f.path) != done[r].stamp]
     if changed:
         raise RunError(f"{out_dir}: {len(changed)} frame(s) changed since this run processed them (size or "
                        f"modification time), e.g. {changed[0]}; use --force to redo the run, or another -o folder")
@@ -721,12 +723,13 @@ def _coverage(out_dir: Path, locator: Locator) -> dict[str, int]:
             "outside_ctd": int(off_ctd.sum())}
 
 
-def _done_frames(out_dir: Path) -> dict[str, tuple[int, int] | None]:
-    """Frame path → (size, mtime) of its file when processed (None from a run that did not record
-    it), from every shard that reads back whole. A power cut can tear what was renamed in place:
-    a shard that does not read back loses its frame table, with one line, so its frames are redone
-    (its other files go with it, as any unfinished shard's)."""
-    done: dict[str, tuple[int, int] | None] = {}
+def _done_frames(out_dir: Path) -> dict[str, DoneFrame]:
+    """Frame path → what its frame table says (file size and mtime when processed, whether its
+    line stream went on into it; None where a run did not record it), from every shard that
+    reads back whole. A power cut can tear what was renamed in place: a shard that does not read
+    back loses its frame table, with one line, so its frames are redone (its other files go with
+    it, as any unfinished shard's)."""
+    done: dict[str, DoneFrame] = {}
     for frames in sorted((out_dir / "frames").glob("part-*.parquet")):
         try:
             t = _read_back(frames, out_dir)
@@ -736,12 +739,12 @@ def _done_frames(out_dir: Path) -> dict[str, tuple[int, int] | None]:
             frames.unlink()
             continue
         paths = t.column("frame_path").to_pylist()
-        if "file_bytes" in t.column_names:
-            stamps = [None if b is None else (b, m) for b, m in zip(t.column("file_bytes").to_pylist(),
-                                                                   t.column("file_mtime_ns").to_pylist())]
-        else:
-            stamps = [None] * len(paths)
-        done.update(zip(paths, stamps))
+
+        def column(name: str) -> list:
+            return t.column(name).to_pylist() if name in t.column_names else [None] * len(paths)
+
+        stamps = [None if b is None else (b, m) for b, m in zip(column("file_bytes"), column("file_mtime_ns"))]
+        done.update((p, DoneFrame(st, c)) for p, st, c in zip(paths, stamps, column("stream_continued")))
     return done
 
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -278,46 +278,48 @@ class SegmentActor:
         return {"ordinal": [o for o, _ in done], "summary": [pickle.dumps(s) for _, s in done]}
 
     def _segment(self, seg: StreamSegment) -> list[tuple[int, Any]]:
-        """Its frames written in shards named by their first frame's position in the run's work list."""
-        done: list[tuple[int, Any]] = []
-        buf, group = _ShardBuffer(), []
-        for n, item in enumerate(self.run.frames(seg)):
-            ordinal = seg.first + n
-            if isinstance(item, SkippedFrame):
-                done.append((ordinal, item))
-                continue
-            out, summary = item
-            seconds = dict(self.clock)  # what this frame cost since the last one written
-            self.clock.clear()
-            buf.add(out)
-            group.append((ordinal, replace(summary, seconds=seconds)))
-            if buf.full(self.cfg.output, timed=False):
-                done += _flush(buf, group, self.out_dir, self.first_shard)
-                buf, group = _ShardBuffer(), []
-        if group:
-            done += _flush(buf, group, self.out_dir, self.first_shard)
-        return done
+        """Its frames written in shards named by their first frame's position in the run's work list
+        (grouped by counts only, never by time: a retried task writes the very same shards)."""
+        return _write_in_shards(((seg.first + n, self._timed(item)) for n, item in enumerate(self.run.frames(seg))),
+                                self.out_dir, self.first_shard, lambda buf: buf.full(self.cfg.output, timed=False))
+
+    def _timed(self, item: tuple[FrameOutput, FrameSummary] | SkippedFrame):
+        """A written frame with the stage seconds spent since the last one."""
+        if isinstance(item, SkippedFrame):
+            return item
+        seconds = dict(self.clock)
+        self.clock.clear()
+        return item[0], replace(item[1], seconds=seconds)
 
 
 def write_shards(batch: dict[str, np.ndarray], out_dir: str, first_shard: int,
                  shard_objects: int) -> dict[str, list]:
     """Ray task: a batch of frame results → shards, each named ``first_shard`` + its first frame's
     ordinal; the summaries go back only once their shard is whole on disk."""
+    items = ((int(batch["ordinal"][k]), pickle.loads(batch["result"][k]))
+             for k in np.argsort(batch["ordinal"], kind="stable"))
+    done = _write_in_shards(items, Path(out_dir), first_shard, lambda buf: buf.objects >= shard_objects)
+    return {"ordinal": [o for o, _ in done], "summary": [pickle.dumps(s) for _, s in done]}
+
+
+def _write_in_shards(items: Iterable[tuple[int, tuple[FrameOutput, FrameSummary] | SkippedFrame]], out_dir: Path,
+                     first_shard: int, full: Callable[[_ShardBuffer], bool]) -> list[tuple[int, Any]]:
+    """(ordinal, frame result) in order → shards, each named ``first_shard`` + its first frame's
+    ordinal and written once ``full`` says so; returns (ordinal, summary or SkippedFrame)."""
     done: list[tuple[int, Any]] = []
     buf, group = _ShardBuffer(), []
-    for k in np.argsort(batch["ordinal"], kind="stable"):
-        ordinal, result = int(batch["ordinal"][k]), pickle.loads(batch["result"][k])
+    for ordinal, result in items:
         if isinstance(result, SkippedFrame):
             done.append((ordinal, result))
             continue
         buf.add(result[0])
         group.append((ordinal, result[1]))
-        if buf.objects >= shard_objects:
-            done += _flush(buf, group, Path(out_dir), first_shard)
+        if full(buf):
+            done += _flush(buf, group, out_dir, first_shard)
             buf, group = _ShardBuffer(), []
     if group:
-        done += _flush(buf, group, Path(out_dir), first_shard)
-    return {"ordinal": [o for o, _ in done], "summary": [pickle.dumps(s) for _, s in done]}
+        done += _flush(buf, group, out_dir, first_shard)
+    return done
 
 
 def _flush(buf: _ShardBuffer, group: list[tuple[int, FrameSummary]], out_dir: Path,

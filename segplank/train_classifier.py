@@ -72,6 +72,12 @@ class ClassifierTrainConfig:
     # (0.20 s against 0.31 s an iteration), slower than float32 on a CPU without bf16 instructions
     bf16: bool = False
 
+    def record(self, pixel_size_um: float) -> dict:
+        """What a trained classifier keeps of how it was trained."""
+        return {**self.net.to_dict(), "iterations": self.iterations, "batch_size": self.batch_size, "lr": self.lr,
+                "seed": self.seed, "pixel_size_um": pixel_size_um, "class_power": self.class_power,
+                "plankton_share": self.plankton_share, "bf16": self.bf16}
+
 
 @dataclass(frozen=True)
 class VignetteSet:
@@ -368,9 +374,7 @@ def fit_classifier(ckpt: Checkpoint, train_coco: Sequence[Path], out: Path, val_
         metrics["val_accuracy_per_class"] = {("not an object" if k == 0 else classes.name(k)): v for k, v in per.items()}
     metrics["mined_frames"] = mined_count
     trained = {"train": [str(p) for p in train_coco], "val": [str(p) for p in val_coco] or None,
-               "config": {**cfg.net.to_dict(), "iterations": cfg.iterations, "batch_size": cfg.batch_size,
-                          "lr": cfg.lr, "seed": cfg.seed, "pixel_size_um": px, "class_power": cfg.class_power,
-                          "plankton_share": cfg.plankton_share, "bf16": cfg.bf16},
+               "config": cfg.record(px),
                **({"library": str(library), "library_held_out": library_held_out, "library_seed": library_seed}
                   if library is not None else {}), **metrics}
     new = ckpt.with_classifier(cfg.net, net.state_dict(), trained)
@@ -454,10 +458,7 @@ def fit_library_classifier(library: Path, out: Path, cfg: ClassifierTrainConfig 
     clf.trained_on = {"library": str(library), "library_digest": digest, "held_out": held_out,
                       "split_seed": split_seed, "train_vignettes": int(len(train.labels)),
                       "held_out_vignettes": 0 if test is None else int(len(test.labels)), "skipped": skipped,
-                      "config": {**cfg.net.to_dict(), "iterations": cfg.iterations, "batch_size": cfg.batch_size,
-                                 "lr": cfg.lr, "seed": cfg.seed, "class_power": cfg.class_power,
-                                 "plankton_share": cfg.plankton_share, "bf16": cfg.bf16,
-                                 "pixel_size_um": px}, "seconds": metrics["seconds"]}
+                      "config": cfg.record(px), "seconds": metrics["seconds"]}
     clf.metrics = {} if report is None else {k: v for k, v in report.items() if k != "per_class"}
     clf.save(out)
     return clf

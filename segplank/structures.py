@@ -234,3 +234,88 @@ class Detections:
             frame=first.frame,
             extra={k: c([d.extra[k] for d in items]) for k in keys},
         )
+
+
+class FrameCounts:
+    """What one frame's stages counted and dropped: an append-only tally, read as totals.
+
+    Each stage adds what it did (``add(what, n)``, ``n`` a count or a signed per-class array)
+    and nothing is rewritten, so the totals say where every detection went: ``per_class``
+    counts each detection once per class, written or not (the classifier's names replace the
+    box head's, copies judged across a stream's batches are taken out); ``too_small``,
+    ``too_large``, ``duplicates`` (parts of organisms that refinement showed to be one) and
+    ``rejected`` (refined into no organism: spanning the frame, or background-level grey)
+    what the filters dropped; ``tiles_run`` and ``capped_tiles`` (tiles whose candidates
+    filled ``detections_per_tile``) what the detector saw. ``written`` is the frame's rows, set
+    once they are final.
+    """
+
+    SCALARS = ("too_small", "too_large", "duplicates", "rejected", "tiles_run", "capped_tiles")
+
+    def __init__(self, per_class: np.ndarray | None = None, n_classes: int | None = None) -> None:
+        self.n_classes = len(per_class) if per_class is not None else int(n_classes or 0)
+        self.entries: list[tuple[str, int | np.ndarray]] = []
+        self.written = 0
+        if per_class is not None:
+            self.add("detected", per_class)
+
+    def add(self, what: str, n: int | np.ndarray) -> None:
+        """Record ``n`` under ``what``: an int for the filters' counts, a per-class array otherwise."""
+        if what not in self.SCALARS:
+            n = np.asarray(n, np.int64)
+            if n.shape != (self.n_classes,):
+                raise ValueError(f"{what}: per-class counts of shape {n.shape}, expected ({self.n_classes},)")
+        self.entries.append((what, n))
+
+    def merge(self, other: "FrameCounts") -> None:
+        """Take in another tally of the same frame (a batch of its objects closed in a line stream)."""
+        self.entries.extend(other.entries)
+
+    @property
+    def per_class(self) -> np.ndarray:
+        out = np.zeros(self.n_classes, np.int64)
+        for what, n in self.entries:
+            if what not in self.SCALARS:
+                out += n
+        return out
+
+    def total(self, what: str) -> int:
+        return int(sum(n for w, n in self.entries if w == what))
+
+    too_small = property(lambda self: self.total("too_small"))
+    too_large = property(lambda self: self.total("too_large"))
+    duplicates = property(lambda self: self.total("duplicates"))
+    rejected = property(lambda self: self.total("rejected"))
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """What every stage after the detector reads and returns: a frame's objects, the pixels
+    they lie on, their measurements and the frame's tally.
+
+    ``columns`` are the measurements (one array per declared column, row for row with
+    ``dets``), filled by the measure stage. In a line stream a record holds the objects of one
+    frame closed at a cut, and ``image`` is the window of the stream they lie in (their boxes
+    in its coordinates until they are shifted back).
+    """
+
+    dets: Detections
+    image: np.ndarray | None
+    counts: FrameCounts
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def frame(self) -> FrameInfo | None:
+        return self.dets.frame
+
+    def __len__(self) -> int:
+        return len(self.dets)
+
+    def keep(self, idx) -> "FrameRecord":
+        """The record with objects ``idx`` only (an index array or a boolean mask), columns too."""
+        idx = np.asarray(idx)
+        idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64)
+        return replace(self, dets=self.dets[idx], columns={k: np.asarray(v)[idx] for k, v in self.columns.items()})
+
+    def with_dets(self, dets: Detections) -> "FrameRecord":
+        """The record with other objects (renamed, refined): measurements must follow them."""
+        return replace(self, dets=dets, columns={})

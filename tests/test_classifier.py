@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from segplank.config import FilterConfig, MeasureConfig
-from segplank.engine.stages import FrameCounts, Postprocessor
+from segplank.engine.stages import Postprocessor
 from segplank.model.checkpoint import CheckpointError, load_checkpoint
 from segplank.model.classifier import ClassifierConfig, VignetteClassifier, VignetteNet, vignettes, windows
-from segplank.structures import CroppedMasks, Detections, FrameInfo
+from segplank.structures import CroppedMasks, Detections, FrameCounts, FrameInfo, FrameRecord
 from segplank.train_classifier import (ClassifierTrainConfig, candidate_labels, draw_probabilities,
                                        train_classifier, vignette_set)
 from segplank.train_data import Annotation, TrainFrame
@@ -186,7 +186,8 @@ def test_postprocessor_renames_counts_and_drops_by_the_classifier(tiny_checkpoin
     post = Postprocessor(classes.__class__(classes.names, classes.is_plankton), FilterConfig(score_threshold=0.5),
                          MeasureConfig(), "dark_on_bright", _Fixed(probs))
     counts = FrameCounts(per_class=np.bincount(d.labels, minlength=k))
-    kept, cols = post.finish(d, img, counts)
+    rec = post(FrameRecord(d, img, counts))
+    kept, cols = rec.dets, rec.columns
     assert kept.labels.tolist() == [2] and kept.scores.tolist() == pytest.approx([0.9])
     assert counts.duplicates == 1
     # per class: chaetognath 1, copepod 1 (the weak one is counted, not written), snow 1; "not an object" is nothing
@@ -361,7 +362,7 @@ def test_candidates_include_the_pieces_of_touching_organisms(tiny_checkpoint):
     for split in (8, 0):
         post = Postprocessor(classes, FilterConfig(), MeasureConfig(refine_split_px=split), "dark_on_bright",
                              candidates=True)
-        refined[split] = post.refine(d, image)
+        refined[split] = post.refine(FrameRecord(d, image, FrameCounts(n_classes=len(classes) + 1))).dets
     assert len(refined[0]) == 1 and len(refined[8]) == 3
     areas = np.sort(refined[8].masks.areas())
     assert areas[-1] == refined[0].masks.areas()[0] == areas[0] + areas[1]  # the whole, and its two pieces

@@ -5,10 +5,10 @@ import cv2
 import numpy as np
 
 from segplank.config import FilterConfig, MeasureConfig, PipelineConfig
-from segplank.engine.stages import FrameCounts, Postprocessor
+from segplank.engine.stages import Postprocessor
 from segplank.illumination import correct_illumination, estimate_illumination
 from segplank.model.checkpoint import ClassMap
-from segplank.structures import CroppedMasks, Detections, FrameInfo
+from segplank.structures import CroppedMasks, Detections, FrameCounts, FrameInfo, FrameRecord
 from segplank.synth import SynthConfig
 from segplank.synth.render import background
 
@@ -65,9 +65,9 @@ def test_gradients_and_background_grey_are_no_organism():
     post = Postprocessor(classes, FilterConfig(score_threshold=0.0), MeasureConfig(refine=False), "dark_on_bright",
                          even_illumination=True)
     counts = FrameCounts(per_class=np.zeros(2, np.int64))
-    kept, _ = post.finish(d, img, counts)
+    kept = post(FrameRecord(d, img, counts)).dets
     assert len(kept) == 1 and counts.rejected == 2
     # a line scan's frames are not judged so (organisms longer than a frame are whole there)
     post = Postprocessor(classes, FilterConfig(score_threshold=0.0), MeasureConfig(refine=False), "dark_on_bright")
     counts = FrameCounts(per_class=np.zeros(2, np.int64))
-    assert len(post.finish(d, img, counts)[0]) == 3 and counts.rejected == 0
+    assert len(post(FrameRecord(d, img, counts))) == 3 and counts.rejected == 0

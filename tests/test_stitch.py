@@ -142,7 +142,7 @@ def test_dense_synthetic_frame_every_object_reaches_the_output():
     from segplank.config import FilterConfig, MeasureConfig
     from segplank.engine.stages import Postprocessor
     from segplank.model.checkpoint import ClassMap
-    from segplank.structures import FrameInfo
+    from segplank.structures import FrameCounts, FrameInfo, FrameRecord
     from segplank.synth import CATEGORIES, SynthConfig, render_frame
 
     rf = None
@@ -161,7 +161,9 @@ def test_dense_synthetic_frame_every_object_reaches_the_output():
     assert len(out) >= len(objs) - 3
     post = Postprocessor(ClassMap.from_coco_categories(CATEGORIES), FilterConfig(keep_non_plankton=True),
                          MeasureConfig(), "dark_on_bright")
-    kept, cols, counts = post(out, rf.image)
+    counts = FrameCounts(n_classes=len(CATEGORIES) + 1)
+    rec = post(post.prepare(FrameRecord(out, rf.image, counts)))
+    kept, cols = rec.dets, rec.columns
     assert len(kept) == len(out) == counts.written == counts.per_class.sum()
     assert len(cols["area_px"]) == len(kept) and (cols["area_px"] > 0).all()
 

@@ -13,7 +13,7 @@ import torch
 
 from segplank.stream import (ColumnFlatField, FrameAssembler, StreamStitcher, cut_links, frame_pieces, ordered,
                              stream_ids)
-from segplank.structures import CroppedMasks, Detections, FrameInfo, RoiMasks
+from segplank.structures import CroppedMasks, Detections, FrameCounts, FrameInfo, FrameRecord, RoiMasks
 
 from .helpers import mask_iou, paste
 
@@ -529,7 +529,7 @@ def _perfect_engine_detector(monkeypatch, cruise, fragments: bool = False):
                           scores=torch.full((n,), 0.9), labels=torch.tensor(labels),
                           masks=RoiMasks(torch.tensor(np.array(probs, np.float32).reshape(-1, 56, 56))),
                           frame=tf.frame)
-        return dets, 0
+        return FrameRecord(dets, tf.image, FrameCounts(n_classes=self.n_classes))
 
     monkeypatch.setattr(FrameDetector, "__call__", detect)
 

@@ -36,9 +36,8 @@ import torch
 
 from ..frames import SkippedFrame, relative_path
 from ..stream import ColumnFlatField, FrameAssembler, StreamStitcher, ordered, plan_stream_work
-from ..structures import Detections, FrameInfo
+from ..structures import Detections, FrameCounts, FrameInfo, FrameRecord
 from .prefetch import Decoded, decode_and_tile, prefetch
-from .stages import FrameCounts
 from .timing import timed, untimed
 
 if TYPE_CHECKING:
@@ -243,17 +242,19 @@ class LineStreamRun:
             with timed(clock, "tile"):
                 tf = st.tiler(tf.frame, image)
         with torch.inference_mode():
-            dets, capped = st.detector(tf, clock)
+            rec = st.detector(tf, clock)
             with timed(clock, "measure"):
-                d, counts = st.post.prepare(dets)
-        # detections not kept for the stream (non-plankton without a classifier): counted with the frame
-        dropped = counts.per_class - np.bincount(d.labels, minlength=self.n_classes)
+                rec = st.post.prepare(rec)
+        # the frame's own tally (tiles, detections not kept for the stream: non-plankton without
+        # a classifier); what goes on into the stream is counted with the frame that owns it
+        rec.counts.add("joined across cuts, counted with their frame",
+                       -np.bincount(rec.dets.labels, minlength=self.n_classes))
         light = replace(tf, image=None, tiles=None, proposals=None)
         if write:
             self._open_writes.add(tf.frame.path)
         with timed(clock, "stitch"):
-            ready = self.asm.push(light, tf.frame, d, tf.image, self._process,
-                                  {"dropped": dropped, "capped": capped, "write": write,
+            ready = self.asm.push(light, tf.frame, rec.dets, tf.image, self._process,
+                                  {"tally": rec.counts, "write": write,
                                    "flat_field": flat_state, "continued": not starts})
         yield from self._emit(ready)
 
@@ -293,21 +294,22 @@ class LineStreamRun:
 
                 kept = Detections.empty(r.info)
                 cols = measure(kept, np.zeros((1, 1), np.uint8), r.info.pixel_size_um)
-            counts.add("detected, not kept", r.payload["dropped"])
+            counts.merge(r.payload["tally"])
             counts.written = len(kept)
             with timed(self.clock, "write"):
-                out, summary = self.rows(r.frame, kept, cols, counts, r.payload["capped"])
+                out, summary = self.rows(r.info, FrameRecord(kept, None, counts, cols))
             out.frame_row["flat_field"] = r.payload["flat_field"]
             out.frame_row["stream_continued"] = r.payload["continued"]
             yield out, summary
 
     def _process(self, d: Detections, image: np.ndarray):
-        """Closed objects → refined, classified, filtered, measured (``Postprocessor.finish``), counted."""
+        """Closed objects (on ``image``, the window of the stream they lie in) through the
+        postprocessor's chain, counted with the frame that owns them."""
         part = FrameCounts(np.bincount(d.labels, minlength=self.n_classes))
         with timed(self.clock, "measure"):
-            kept, cols = self.stages.post.finish(d, image, part)
+            rec = self.stages.post(FrameRecord(d, image, part))
         self._found.setdefault(d.frame.path, FrameCounts(n_classes=self.n_classes)).merge(part)
-        return kept, cols
+        return rec.dets, rec.columns
 
     def _select(self, parts: list[tuple[FrameInfo, Detections]]) -> list[np.ndarray]:
         """The classifier's copies-and-parts rule (``Postprocessor.distinct``) across batches."""

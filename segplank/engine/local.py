@@ -38,12 +38,12 @@ from ..frames import SkippedFrame, find_frames, relative_path, source_file
 from ..geo import Locator, Position, epoch_seconds
 from ..model.checkpoint import Checkpoint, ClassMap, file_sha256
 from ..model.predict import TilePredictor
-from ..structures import Detections, FrameInfo
+from ..structures import FrameCounts, FrameInfo, FrameRecord
 from .outdir import RunError, StopRequest, claimed
 from .prefetch import prefetch
 from ..stream import stream_ids
 from .line_stream import LineStreamRun, StreamSegment, plan_segments
-from .stages import FrameCounts, FrameDetector, Postprocessor, TiledFrame, Tiler
+from .stages import FrameDetector, Postprocessor, TiledFrame, Tiler
 from .timing import timed, untimed
 
 log = logging.getLogger("segplank")
@@ -141,13 +141,14 @@ class Stages:
     post: Postprocessor
 
     def frame(self, tf: TiledFrame, rows: "RowMaker", clock: dict[str, float]) -> tuple["FrameOutput", "FrameSummary"]:
-        """A tiled frame → detect, join seams → refine, classify, filter, measure → its rows."""
+        """A tiled frame → detect, join seams → refine, reject, classify, dedup, filter, measure
+        (``Postprocessor.chain``) → locate, its rows: one record through the stages."""
         with torch.inference_mode():
-            dets, capped = self.detector(tf, clock)
+            rec = self.detector(tf, clock)
             with timed(clock, "measure"):
-                kept, cols, counts = self.post(dets, tf.image)
+                rec = self.post(self.post.prepare(rec))
         with timed(clock, "write"):
-            return rows(tf, kept, cols, counts, capped)
+            return rows(tf.frame, rec)
 
 
 def build_tiler(cfg: PipelineConfig) -> Tiler:
@@ -184,7 +185,7 @@ def build_stages(cfg: PipelineConfig, ckpt: Checkpoint, device: torch.device, ca
                               batch_size=det.batch_tiles,
                               amp=amp)
     return Stages(build_tiler(cfg),
-                  FrameDetector(predictor, cfg.stitch, ckpt.label_map()),
+                  FrameDetector(predictor, cfg.stitch, len(ckpt.classes) + 1, ckpt.label_map()),
                   Postprocessor(ckpt.classes, cfg.filter, cfg.measure, cfg.instrument.polarity, classifier,
                                 candidates=bool(classifier) or candidates, even_illumination=cfg.area_illumination))
 
@@ -214,20 +215,21 @@ class RowMaker:
         self.line_rate_hz = line_rate_hz
         self._plankton = np.array([False, *classes.is_plankton])
 
-    def __call__(self, tf: TiledFrame, kept: Detections, cols: dict[str, np.ndarray], counts: FrameCounts,
-                 capped: int, shard: int = -1) -> tuple[FrameOutput, FrameSummary]:
-        rel = relative_path(tf.frame.path, self.cruise_dir)
-        t_frame = epoch_seconds([tf.frame.timestamp])[0]
+    def __call__(self, frame: FrameInfo, rec: FrameRecord, shard: int = -1) -> tuple[FrameOutput, FrameSummary]:
+        """``rec``: the measured objects ``frame`` owns and its tally."""
+        kept, cols, counts = rec.dets, rec.columns, rec.counts
+        rel = relative_path(frame.path, self.cruise_dir)
+        t_frame = epoch_seconds([frame.timestamp])[0]
         at_frame = self.locator(np.array([t_frame]))
         times = self._object_times(t_frame, cols["centroid_y"])
         pos = self.locator(times)
         table = object_rows(kept, self.names, self._plankton[kept.labels], rel,
                             pd.to_datetime(times, unit="s", utc=True).round("us"), pos.lat, pos.lon, pos.depth_m, cols)
         out = FrameOutput(table, coco_image(kept, rel), coco_annotations(kept, table.column("object_id").to_pylist(), self.line_stream),
-                          _frame_row(rel, tf, counts, self.names, shard, at_frame))
+                          _frame_row(rel, frame, counts, self.names, shard, at_frame))
         per_label = np.bincount(kept.labels, minlength=len(self.names) + 1)[1:]
-        summary = FrameSummary(rel, len(tf.windows), len(tf.run), capped, _named(counts.per_class[1:], self.names),
-                               _named(per_label, self.names))
+        summary = FrameSummary(rel, _tiles(frame), counts.total("tiles_run"), counts.total("capped_tiles"),
+                               _named(counts.per_class[1:], self.names), _named(per_label, self.names))
         return out, summary
 
     def _object_times(self, t_frame: float, centroid_y: np.ndarray) -> np.ndarray:
@@ -623,11 +625,15 @@ class ShardWriter:
             self.seconds += time.perf_counter() - t
 
 
-def _frame_row(rel: str, tf, counts, names: list[str], shard: int, pos: Position) -> dict:
+def _tiles(frame: FrameInfo) -> int:
+    return 0 if frame.tiles is None else len(frame.tiles)
+
+
+def _frame_row(rel: str, frame: FrameInfo, counts: FrameCounts, names: list[str], shard: int, pos: Position) -> dict:
     per = {names[k]: int(n) for k, n in enumerate(counts.per_class[1:]) if n}
-    size, mtime = _file_stamp(tf.frame.path)
-    return {"frame_path": rel, "frame_index": tf.frame.index, "shard": shard, "time": tf.frame.timestamp,
-            "tiles": len(tf.windows), "tiles_run": len(tf.run), "objects_written": counts.written,
+    size, mtime = _file_stamp(frame.path)
+    return {"frame_path": rel, "frame_index": frame.index, "shard": shard, "time": frame.timestamp,
+            "tiles": _tiles(frame), "tiles_run": counts.total("tiles_run"), "objects_written": counts.written,
             "counts": json.dumps(per), "rejected": counts.rejected, "lat": float(pos.lat[0]), "lon": float(pos.lon[0]),
             "depth_m": float(pos.depth_m[0]), "file_bytes": size, "file_mtime_ns": mtime}
 

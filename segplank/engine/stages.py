@@ -5,6 +5,7 @@ The local engine and a Ray engine run these very objects; nothing here touches g
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -18,7 +19,7 @@ from ..model.classifier import VignetteClassifier, decide
 from ..model.predict import TilePredictor
 from ..refine import refine_masks, split_touching
 from ..stitch import Stitcher
-from ..structures import CroppedMasks, Detections, FrameInfo
+from ..structures import CroppedMasks, Detections, FrameCounts, FrameInfo, FrameRecord
 from ..tiling import (component_boxes, crop_tiles, foreground_map, occupied_tiles, tile_grid, tile_proposals,
                       to_model_input)
 
@@ -79,62 +80,14 @@ class Tiler:
         return replace(tf, tiles=crop_tiles(x, tf.windows[tf.run], size))
 
 
-class FrameCounts:
-    """What one frame's stages counted and dropped: an append-only tally, read as totals.
-
-    Each stage adds what it did (``add(what, n)``, ``n`` a count or a signed per-class array)
-    and nothing is rewritten, so the totals say where every detection went: ``per_class``
-    counts each detection once per class, written or not (the classifier's names replace the
-    box head's, copies judged across a stream's batches are taken out); ``too_small``,
-    ``too_large``, ``duplicates`` (parts of organisms that refinement showed to be one) and
-    ``rejected`` (refined into no organism: spanning the frame, or background-level grey)
-    what the filters dropped. ``written`` is the frame's rows, set once they are final.
-    """
-
-    SCALARS = ("too_small", "too_large", "duplicates", "rejected")
-
-    def __init__(self, per_class: np.ndarray | None = None, n_classes: int | None = None) -> None:
-        self.n_classes = len(per_class) if per_class is not None else int(n_classes or 0)
-        self.entries: list[tuple[str, int | np.ndarray]] = []
-        self.written = 0
-        if per_class is not None:
-            self.add("detected", per_class)
-
-    def add(self, what: str, n: int | np.ndarray) -> None:
-        """Record ``n`` under ``what``: an int for the filters' counts, a per-class array otherwise."""
-        if what not in self.SCALARS:
-            n = np.asarray(n, np.int64)
-            if n.shape != (self.n_classes,):
-                raise ValueError(f"{what}: per-class counts of shape {n.shape}, expected ({self.n_classes},)")
-        self.entries.append((what, n))
-
-    def merge(self, other: "FrameCounts") -> None:
-        """Take in another tally of the same frame (a batch of its objects closed in a line stream)."""
-        self.entries.extend(other.entries)
-
-    @property
-    def per_class(self) -> np.ndarray:
-        out = np.zeros(self.n_classes, np.int64)
-        for what, n in self.entries:
-            if what not in self.SCALARS:
-                out += n
-        return out
-
-    def total(self, what: str) -> int:
-        return int(sum(n for w, n in self.entries if w == what))
-
-    too_small = property(lambda self: self.total("too_small"))
-    too_large = property(lambda self: self.total("too_large"))
-    duplicates = property(lambda self: self.total("duplicates"))
-    rejected = property(lambda self: self.total("rejected"))
-
-
 class Postprocessor:
-    """Stitched detections (device) → refined, filtered, measured numpy detections.
+    """Stitched detections (device) → refined, named, filtered, measured numpy objects.
 
-    With a ``classifier`` every detection is a candidate: it is refined, then the vignette
-    classifier names it, and only then are the plankton filter and the per-class thresholds
-    applied (to the classifier's probability).
+    One straight chain of stages over a ``FrameRecord`` (``chain``; ``__call__`` runs it):
+    refine → reject → classify → deduplicate → filter → measure. ``prepare`` comes before it,
+    and before the line stream joins frame cuts. With a ``classifier`` every detection is a
+    candidate: it is refined, then the vignette classifier names it, and only then are the
+    plankton filter and the per-class thresholds applied (to the classifier's probability).
     """
 
     def __init__(self, classes: ClassMap, filter_cfg: FilterConfig, measure_cfg: MeasureConfig,
@@ -155,47 +108,43 @@ class Postprocessor:
         self.decision = cfg.decision if cfg is not None else "flat"  # how the classifier's probabilities name an object
         self._thresholds = classes.threshold_array(filter_cfg.score_threshold)
 
-    def __call__(self, dets: Detections, image: np.ndarray) -> tuple[Detections, dict[str, np.ndarray], FrameCounts]:
-        d, counts = self.prepare(dets)
-        d, cols = self.finish(d, image, counts)
-        return d, cols, counts
+    @property
+    def chain(self) -> tuple[Callable[[FrameRecord], FrameRecord], ...]:
+        """The stages, in order; each reads the record and returns it."""
+        return (self.hand_over, self.refine, self.reject, self.classify, self.deduplicate, self.filter_objects,
+                self.measure)
 
-    def prepare(self, dets: Detections) -> tuple[Detections, FrameCounts]:
-        """Every detection counted; the ones to keep as numpy with full-resolution masks.
+    def __call__(self, rec: FrameRecord) -> FrameRecord:
+        """Prepared objects refined on ``rec.image`` (same coordinates), named, filtered, measured.
 
-        What a line stream stitches across frame cuts before ``finish`` (kept separate for it).
+        ``rec.counts.per_class`` follows the classifier's names where it renames detections.
         """
-        d = dets.numpy()
-        counts = FrameCounts(per_class=np.bincount(d.labels, minlength=len(self.classes) + 1))
+        for stage in self.chain:
+            rec = stage(rec)
+        rec.counts.written = len(rec)
+        return rec
+
+    def prepare(self, rec: FrameRecord) -> FrameRecord:
+        """Every detection counted; the ones to go on as numpy with full-resolution masks.
+
+        What a line stream joins across frame cuts before the chain.
+        """
+        d = rec.dets.numpy()
+        rec.counts.add("detected", np.bincount(d.labels, minlength=len(self.classes) + 1))
         if not self.candidates:
-            keep = self._plankton[d.labels] | self.filter.keep_non_plankton
-            d = d[np.flatnonzero(keep)]
-        return d.replace(masks=d.masks.to_cropped(d.boxes)), counts
+            d = d[np.flatnonzero(self._plankton[d.labels] | self.filter.keep_non_plankton)]
+        return rec.with_dets(d.replace(masks=d.masks.to_cropped(d.boxes)))
 
-    def finish(self, d: Detections, image: np.ndarray, counts: FrameCounts) -> tuple[Detections, dict[str, np.ndarray]]:
-        """Prepared detections refined on ``image`` (same coordinates), size-filtered, measured.
-
-        ``counts.per_class`` follows the classifier's names when it renames detections.
-        """
-        if self.classifier is not None:  # the classifier's names replace the box head's in the counts
-            counts.add("named by the box head, renamed", -np.bincount(d.labels, minlength=len(self.classes) + 1))
-        d = self.refine(d, image, counts)
-        d = self._reject_no_organism(d, image, counts)
-        px = d.frame.pixel_size_um if d.frame else 1.0
+    def hand_over(self, rec: FrameRecord) -> FrameRecord:
+        """With a classifier, the box head's names are candidates only: they leave the tally
+        here, before refinement multiplies them, and the classifier's names enter it after
+        ``deduplicate``."""
         if self.classifier is not None:
-            d = self._classify(d, image, px, counts)
-        esd = 2.0 * np.sqrt(d.masks.areas() / np.pi) * px
-        ok = (esd >= self.filter.min_size_um) & (esd > 0)
-        counts.add("too_small", int((esd < self.filter.min_size_um).sum()))
-        if self.filter.max_size_um is not None:
-            counts.add("too_large", int((esd > self.filter.max_size_um).sum()))
-            ok &= esd <= self.filter.max_size_um
-        d = d[np.flatnonzero(ok)]
-        cols = measure(d, image, px)
-        counts.written = len(d)
-        return d, cols
+            rec.counts.add("named by the box head, renamed",
+                           -np.bincount(rec.dets.labels, minlength=len(self.classes) + 1))
+        return rec
 
-    def refine(self, d: Detections, image: np.ndarray, counts: FrameCounts | None = None) -> Detections:
+    def refine(self, rec: FrameRecord) -> FrameRecord:
         """Masks redrawn at full resolution (``measure.refine``), boxes fitted to them.
 
         Candidates the box head took for plankton are refined twice, as boxed and grown past
@@ -204,9 +153,9 @@ class Postprocessor:
         Each is also cut into the pieces that ``split_touching`` pulls apart (``refine_split_px``):
         two touching organisms refine into one mask, and their pieces are candidates too.
         """
-        m = self.measure_cfg
+        m, d, image = self.measure_cfg, rec.dets, rec.image
         if not (m.refine and len(d)):
-            return d.replace(boxes=d.masks.tight_boxes())
+            return rec.with_dets(d.replace(boxes=d.masks.tight_boxes()))
         scale = 257.0 if image.dtype == np.uint16 else 1.0  # contrast is set in 8-bit grey levels
         contrast = m.refine_contrast * scale
         # organisms are what detectors box in parts (a trunk without its tail): only they grow
@@ -217,47 +166,88 @@ class Postprocessor:
             grown = refine_masks(d[idx], image, self.polarity, m.refine_dilate_px, contrast, True)
             new = np.flatnonzero(np.abs(grown.boxes - plain.boxes[idx]).max(1, initial=0) > 0)
             both = Detections.cat([plain, grown[new]])
-            return Detections.cat([both, split_touching(both, m.refine_split_px)])
+            return rec.with_dets(Detections.cat([both, split_touching(both, m.refine_split_px)]))
         grow = organisms & m.refine_grow
-        d = refine_masks(d, image, self.polarity, m.refine_dilate_px, contrast, grow)
-        if counts is not None:
-            d = self._drop_duplicates(d, np.flatnonzero(grow), counts)
-        return d
+        return self._drop_grown_copies(rec.with_dets(refine_masks(d, image, self.polarity, m.refine_dilate_px,
+                                                                  contrast, grow)), np.flatnonzero(grow))
 
-    def _reject_no_organism(self, d: Detections, image: np.ndarray, counts: FrameCounts) -> Detections:
+    def _drop_grown_copies(self, rec: FrameRecord, idx: np.ndarray) -> FrameRecord:
+        """Among ``idx``, masks grown past their boxes that now overlap past ``duplicate_iou``
+        are one object (parts of an organism grown into its whole): keep the most confident."""
+        d = rec.dets
+        if len(idx) < 2:
+            return rec
+        keep = box_ops.nms(torch.from_numpy(d.boxes[idx]), torch.from_numpy(d.scores[idx]),
+                           self.measure_cfg.duplicate_iou).numpy()
+        drop = np.setdiff1d(idx, idx[keep])
+        rec.counts.add("duplicates", len(drop))
+        return rec.keep(np.setdiff1d(np.arange(len(d)), drop))
+
+    def reject(self, rec: FrameRecord) -> FrameRecord:
         """On an evenly lit frame (an area camera's), refined masks that are no organism,
         counted: one spanning most of the frame (a brightness gradient that refinement
         followed) or one whose grey is on average within half ``refine_contrast`` of the
         background. A line stream's organisms may be longer than a frame: never judged here."""
+        d, image = rec.dets, rec.image
         if not (self.even_illumination and len(d)):
-            return d
+            return rec
         h, w = image.shape
         bw, bh = d.boxes[:, 2] - d.boxes[:, 0], d.boxes[:, 3] - d.boxes[:, 1]
         bad = (bw >= SPANNING_SHARE * w) | (bh >= SPANNING_SHARE * h)
         scale = 257.0 if image.dtype == np.uint16 else 1.0
         bad |= mask_contrast(d.masks, image, self.polarity) < 0.5 * self.measure_cfg.refine_contrast * scale
-        counts.add("rejected", int(bad.sum()))
-        return d[np.flatnonzero(~bad)]
+        rec.counts.add("rejected", int(bad.sum()))
+        return rec.keep(~bad)
 
-    def _classify(self, d: Detections, image: np.ndarray, px: float, counts: FrameCounts) -> Detections:
-        """Candidates renamed and rescored by the classifier; non-objects, duplicates, non-plankton and weak ones dropped.
+    def classify(self, rec: FrameRecord) -> FrameRecord:
+        """Candidates renamed and rescored by the vignette classifier; what it calls "not an
+        object" (a fragment, a fusion, background) is not counted at all."""
+        if self.classifier is None:
+            return rec
+        d = rec.dets
+        if not len(d):
+            return rec
+        px = d.frame.pixel_size_um if d.frame else 1.0
+        probs = self.classifier(rec.image, d.masks, self.polarity, px)
+        labels, scores = decide(probs, self._plankton, self.decision)
+        return rec.with_dets(d.replace(labels=labels, scores=scores)).keep(labels > 0)
 
-        Candidates are one object seen several times (the box head proposes a box per class,
-        and parts grow into their whole): after refinement and naming the copies coincide, and
-        only the most confident is counted. What the classifier calls "not an object" (a
-        fragment, a fusion, background) is not counted at all.
+    def deduplicate(self, rec: FrameRecord) -> FrameRecord:
+        """Named candidates that are one object seen several times, counted once.
+
+        The box head proposes a box per class, and parts grow into their whole: after
+        refinement and naming the copies coincide, and only the most confident is kept
+        (``distinct``). Without a classifier, refinement itself drops the copies it makes.
         """
-        if len(d):
-            probs = self.classifier(image, d.masks, self.polarity, px)
-            labels, scores = decide(probs, self._plankton, self.decision)
-            d = d.replace(labels=labels, scores=scores)
-            d = d[np.flatnonzero(labels > 0)]
-        keep = self.distinct(d)
-        counts.add("duplicates", len(d) - len(keep))
-        d = d[keep]
-        counts.add("named by the classifier", np.bincount(d.labels, minlength=len(self.classes) + 1))
-        keep = (self._plankton[d.labels] | self.filter.keep_non_plankton) & (d.scores >= self._thresholds[d.labels])
-        return d[np.flatnonzero(keep)]
+        if self.classifier is None:
+            return rec
+        keep = self.distinct(rec.dets)
+        rec.counts.add("duplicates", len(rec) - len(keep))
+        rec = rec.keep(keep)
+        rec.counts.add("named by the classifier", np.bincount(rec.dets.labels, minlength=len(self.classes) + 1))
+        return rec
+
+    def filter_objects(self, rec: FrameRecord) -> FrameRecord:
+        """Named objects that are plankton (or all, ``keep_non_plankton``) at their class's
+        threshold, and within the size limits (ESD in µm), the rest counted."""
+        d = rec.dets
+        if self.classifier is not None:
+            rec = rec.keep((self._plankton[d.labels] | self.filter.keep_non_plankton)
+                           & (d.scores >= self._thresholds[d.labels]))
+            d = rec.dets
+        px = d.frame.pixel_size_um if d.frame else 1.0
+        esd = 2.0 * np.sqrt(d.masks.areas() / np.pi) * px
+        ok = (esd >= self.filter.min_size_um) & (esd > 0)
+        rec.counts.add("too_small", int((esd < self.filter.min_size_um).sum()))
+        if self.filter.max_size_um is not None:
+            rec.counts.add("too_large", int((esd > self.filter.max_size_um).sum()))
+            ok &= esd <= self.filter.max_size_um
+        return rec.keep(ok)
+
+    def measure(self, rec: FrameRecord) -> FrameRecord:
+        """The measurement columns (µm, grey, shape) of every object."""
+        d = rec.dets
+        return replace(rec, columns=measure(d, rec.image, d.frame.pixel_size_um if d.frame else 1.0))
 
     def distinct(self, d: Detections) -> np.ndarray:
         """Sorted indices of the named objects that are neither a copy nor a part of a more confident one.
@@ -291,16 +281,6 @@ class Postprocessor:
                 around = around[labels[around] == labels[a]]
             kept[a] = not any(_shared(d.masks, idx[a], idx[b]) >= share * areas[a] for b in around)
         return np.sort(idx[kept])
-
-    def _drop_duplicates(self, d: Detections, idx: np.ndarray, counts: "FrameCounts") -> Detections:
-        """Among ``idx``, refined objects whose boxes overlap past ``duplicate_iou`` are one: keep the most confident."""
-        if len(idx) < 2:
-            return d
-        keep = box_ops.nms(torch.from_numpy(d.boxes[idx]), torch.from_numpy(d.scores[idx]),
-                           self.measure_cfg.duplicate_iou).numpy()
-        drop = np.setdiff1d(idx, idx[keep])
-        counts.add("duplicates", len(drop))
-        return d[np.setdiff1d(np.arange(len(d)), drop)]
 
 
 SPANNING_SHARE = 0.9  # a refined mask this share of the frame's width or height across is no organism
@@ -340,16 +320,19 @@ def _shared(masks: CroppedMasks, i: int, j: int) -> int:
 class FrameDetector:
     """Tiled frame → stitched frame detections, on the model's device."""
 
-    def __init__(self, predictor: TilePredictor, stitch_cfg: StitchConfig, label_map: np.ndarray | None = None) -> None:
+    def __init__(self, predictor: TilePredictor, stitch_cfg: StitchConfig, n_classes: int,
+                 label_map: np.ndarray | None = None) -> None:
         self.predictor = predictor
+        self.n_classes = n_classes  # the checkpoint's classes + "not an object": what the tally counts by
         # a plankton/non-plankton detector's labels as classes of the checkpoint (Checkpoint.label_map)
         self.label_map = None if label_map is None else torch.as_tensor(label_map)
         self.stitcher = Stitcher(match_iou=stitch_cfg.match_iou, duplicate_iou=stitch_cfg.duplicate_iou,
                                  mask_size=stitch_cfg.mask_size,
                                  batch_pairs=stitch_cfg.batch_pairs)
 
-    def __call__(self, tf: TiledFrame, clock: dict[str, float] | None = None) -> tuple[Detections, int]:
-        """Stitched detections and the number of tiles that filled ``detections_per_tile``.
+    def __call__(self, tf: TiledFrame, clock: dict[str, float] | None = None) -> FrameRecord:
+        """The frame's record: stitched detections (on the device), its pixels, and a tally
+        that starts with the tiles run and those that filled ``detections_per_tile``.
 
         ``clock`` (optional) accumulates seconds spent in the model and in the stitcher.
         """
@@ -363,4 +346,7 @@ class FrameDetector:
         if clock is not None:
             clock["model"] = clock.get("model", 0.0) + t1 - t0
             clock["stitch"] = clock.get("stitch", 0.0) + time.perf_counter() - t1
-        return dets, capped
+        counts = FrameCounts(n_classes=self.n_classes)
+        counts.add("tiles_run", len(tf.run))
+        counts.add("capped_tiles", capped)
+        return FrameRecord(dets, tf.image, counts)

@@ -205,9 +205,8 @@ def mine(ckpt: Checkpoint, frames: Sequence[TrainFrame], pipeline: PipelineConfi
     for k, fr in enumerate(frames):
         info = FrameInfo(fr.path or Path(fr.name), k, None, pixel_size_um=pixel_size_um)
         with torch.inference_mode():
-            dets, _ = stages.detector(stages.tiler(info, fr.pixels))
-        d = dets.numpy()
-        d = stages.post.refine(d.replace(masks=d.masks.to_cropped(d.boxes)), fr.pixels)
+            rec = stages.post.prepare(stages.detector(stages.tiler(info, fr.pixels)))
+        d = stages.post.refine(dataclasses.replace(rec, image=fr.pixels)).dets  # the annotations' own grey levels
         x, s = vignettes(fr.pixels, d.masks, fr.polarity, pixel_size_um, size)
         parts.append(VignetteSet(x.astype(np.float16), s, candidate_labels(d.masks, fr)))
         if progress:

@@ -31,7 +31,16 @@ class Case:
     stream: bool = False
 
 
-def _run_case(cruise: str, out: str, model: str, case: Case, threads: int, queue) -> None:
+def _run_case(cruise: str, out: str, model: str, case: Case, threads: int, queue, device: str = "auto",
+              decode_workers: int | None = None) -> None:
+    try:
+        _bench_case(cruise, out, model, case, threads, queue, device, decode_workers)
+    except Exception as e:  # the parent waits on the queue: it must hear of a failed case
+        queue.put({"error": f"{type(e).__name__}: {e}"})
+
+
+def _bench_case(cruise: str, out: str, model: str, case: Case, threads: int, queue, device: str,
+                decode_workers: int | None) -> None:
     from .config import load_config
     from .engine import make_runner
     from .evaluate import object_match
@@ -39,8 +48,10 @@ def _run_case(cruise: str, out: str, model: str, case: Case, threads: int, queue
 
     torch.set_num_threads(threads)
     cfg = load_config(None, Path(cruise), {"tiling": {"skip_empty": case.skip_empty},
-                                           "stream": {"enabled": case.stream}})
+                                           "stream": {"enabled": case.stream}, "device": device,
+                                           "engine": {"decode_workers": decode_workers}})
     runner = make_runner(cfg, load_checkpoint(Path(model)), Path(model), threads)
+    started = time.time()
     stats = runner.run(Path(cruise), Path(out), force=True)
     scores = object_match(Path(cruise) / "ground_truth.coco.json", Path(out) / "predictions.coco.json")
     queue.put({
@@ -50,34 +61,45 @@ def _run_case(cruise: str, out: str, model: str, case: Case, threads: int, queue
         "stage_seconds": stats.stage_seconds,
         "plankton_recall": scores["plankton_recall"], "plankton_precision": scores["plankton_precision"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device": str(runner.device), "started": started, "ended": time.time(),  # epoch s: to join a GPU log
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0,
     })
 
 
 def run_bench(model: Path, work: Path | None = None, sparse_frames: int = 20, dense_frames: int = 4,
               threads: int = 2, seed: int = 4242, memory_frames: tuple[int, ...] = (),
-              stream_frames: tuple[int, ...] = ()) -> dict:
+              stream_frames: tuple[int, ...] = (), device: str = "auto", decode_workers: int | None = None,
+              cases: tuple[str, ...] | None = None) -> dict:
     """Every case in its own process. ``memory_frames`` adds long runs of small sparse frames
     (e.g. 200 and 2000), ``stream_frames`` line-stream runs of small mixed frames (e.g. 50 and
-    500): their peak memory must not grow with the number of frames."""
+    500): their peak memory must not grow with the number of frames. ``cases``: the names of
+    the cases to run (default all)."""
     from .synth import make_cruise
 
     work = Path(work or tempfile.mkdtemp(prefix="segplank_bench_"))
-    cases = [Case("sparse", "sparse", sparse_frames), Case("sparse, no skip", "sparse", sparse_frames, False),
-             Case("mixed", "mixed", dense_frames), Case("dense", "dense", dense_frames)]
-    cases += [Case(f"memory, {n} frames", "sparse", n, size=512) for n in memory_frames]
-    cases += [Case(f"stream, {n} frames", "mixed", n, size=384, stream=True) for n in stream_frames]
+    wanted = cases
+    all_cases = [Case("sparse", "sparse", sparse_frames), Case("sparse, no skip", "sparse", sparse_frames, False),
+                 Case("mixed", "mixed", dense_frames), Case("dense", "dense", dense_frames)]
+    all_cases += [Case(f"memory, {n} frames", "sparse", n, size=512) for n in memory_frames]
+    all_cases += [Case(f"stream, {n} frames", "mixed", n, size=384, stream=True) for n in stream_frames]
+    if wanted is not None:
+        unknown = set(wanted) - {c.name for c in all_cases}
+        if unknown:
+            raise ValueError(f"no bench case named {sorted(unknown)}; cases: {[c.name for c in all_cases]}")
     results = {}
     ctx = mp.get_context("spawn")
-    for case in cases:
+    for case in (c for c in all_cases if wanted is None or c.name in wanted):
         cruise = work / (f"cruise_{case.density}" if case.size == 2048 else f"cruise_{case.density}_{case.size}_{case.frames}")
         if not (cruise / "ground_truth.coco.json").exists():
             make_cruise(cruise, case.frames, seed, density=case.density, size=(case.size, case.size), workers=threads)
         q = ctx.Queue()
         p = ctx.Process(target=_run_case, args=(str(cruise), str(work / f"out_{case.name}"), str(model),
-                                                case, threads, q))
+                                                case, threads, q, device, decode_workers))
         p.start()
         r = q.get()
         p.join()
+        if "error" in r:
+            raise RuntimeError(f"bench case {case.name!r} failed: {r['error']}")
         r["frames_per_s"] = r["frames"] / r["seconds"]
         r["detections_per_frame"] = r["detections"] / max(1, r["frames"])
         r["detections_per_s"] = r["detections"] / r["seconds"]

@@ -599,13 +599,24 @@ def bench(output: Path = typer.Option(Path("bench.json"), "-o", "--output", help
           sparse_frames: int = typer.Option(20, min=1), dense_frames: int = typer.Option(4, min=1),
           threads: int = typer.Option(2, min=1),
           memory: bool = typer.Option(False, help="Also 200- and 2,000-frame runs (512² sparse frames) and 50- and 500-frame "
-                                                  "line-stream runs (384² mixed): peak memory must not grow.")) -> None:
+                                                  "line-stream runs (384² mixed): peak memory must not grow."),
+          device: str = typer.Option("auto", help="auto, cpu or cuda."),
+          decode_workers: Optional[int] = typer.Option(None, min=0, help="Processes decoding frames ahead (default: "
+                                                       "2 on CUDA, none on CPU)."),
+          case: Optional[list[str]] = typer.Option(None, "--case", help="Run only this case (repeatable): sparse, "
+                                                   "'sparse, no skip', mixed, dense.")) -> None:
     """Frames/s, detections/s, time per stage and peak memory on fixed synthetic cruises; stitcher scaling."""
     from .bench import run_bench, write_json
     from .model.checkpoint import DEMO_MODEL
 
-    result = run_bench(model or DEMO_MODEL, work, sparse_frames, dense_frames, threads,
-                       memory_frames=(200, 2000) if memory else (), stream_frames=(50, 500) if memory else ())
+    if device not in ("auto", "cpu", "cuda"):
+        _fail(f"--device {device}: use auto, cpu or cuda")
+    try:
+        result = run_bench(model or DEMO_MODEL, work, sparse_frames, dense_frames, threads,
+                           memory_frames=(200, 2000) if memory else (), stream_frames=(50, 500) if memory else (),
+                           device=device, decode_workers=decode_workers, cases=tuple(case) if case else None)
+    except (ValueError, RuntimeError) as e:
+        _fail(str(e))
     write_json(result, output)
     t = Table(title=f"segplank bench ({result['machine']})")
     for col in ("case", "frames/s", "det/frame", "det/s", "tiles run", "recall", "peak MB", "model", "other"):

@@ -169,7 +169,8 @@ def build_stages(cfg: PipelineConfig, ckpt: Checkpoint, device: torch.device, ca
                           "rpn_pre_nms_top_n": det.candidates_per_level}.items() if v is not None})
     model = ckpt.replace_config(model_cfg).build(device, tile_size=cfg.tiling.tile_size)
     amp = {"auto": None, "fp32": False, "bf16": True}[det.precision]
-    classifier = ckpt.build_classifier(device) if det.vignette_classifier and not candidates else None
+    classifier = (ckpt.build_classifier(device, amp=device.type == "cuda" if amp is None else amp)
+                  if det.vignette_classifier and not candidates else None)
     if ckpt.detector_classes is not None and classifier is None and not candidates:
         raise RunError("this model's detector finds plankton and non-plankton only, and its vignette classifier "
                        "names them: leave detector.vignette_classifier on")

@@ -129,8 +129,9 @@ class Checkpoint:
         return dataclasses.replace(self, classifier={"config": cfg.to_dict(), "state_dict": state_dict,
                                                      "trained_on": trained_on})
 
-    def build_classifier(self, device: torch.device | str = "cpu") -> "VignetteClassifier | None":
-        """The vignette classifier on ``device``, or None when the checkpoint has none."""
+    def build_classifier(self, device: torch.device | str = "cpu", amp: bool = False) -> "VignetteClassifier | None":
+        """The vignette classifier on ``device`` (``amp``: in bfloat16 autocast), or None when
+        the checkpoint has none."""
         from .classifier import ClassifierConfig, VignetteClassifier, VignetteNet
 
         if self.classifier is None:
@@ -143,7 +144,7 @@ class Checkpoint:
         except RuntimeError as e:
             first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
             raise CheckpointError(f"classifier weights do not fit its config in the checkpoint ({first})") from None
-        return VignetteClassifier(net, cfg, torch.device(device))
+        return VignetteClassifier(net, cfg, torch.device(device), amp=amp)
 
     def replace_config(self, model_config: ModelConfig) -> "Checkpoint":
         """The same weights under inference-time settings (proposal counts, thresholds)."""

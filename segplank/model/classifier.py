@@ -167,11 +167,15 @@ def organism_vignette(image: np.ndarray, mask: np.ndarray, polarity: Polarity, p
 class VignetteClassifier:
     """Callable stage: full-resolution objects of one frame → (N, K + 1) probabilities (0: not an object)."""
 
-    def __init__(self, net: VignetteNet, cfg: ClassifierConfig, device: torch.device, batch_size: int = 512) -> None:
+    def __init__(self, net: VignetteNet, cfg: ClassifierConfig, device: torch.device, batch_size: int = 512,
+                 amp: bool = False) -> None:
         self.net = net.to(device, memory_format=torch.channels_last).eval()
         self.cfg = cfg
         self.device = device
         self.batch_size = batch_size
+        # bfloat16 autocast, as the detector runs (detector.precision): on a GPU the
+        # classifier's thousands of vignettes a dense frame would otherwise run in float32
+        self.amp = amp
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray, masks: CroppedMasks, polarity: Polarity,
@@ -190,6 +194,8 @@ class VignetteClassifier:
             p = 0
             for k in range(views):
                 v = torch.rot90(xb.flip(3) if k % 2 else xb, k // 2, (2, 3)) if k else xb
-                p = p + torch.softmax(self.net(v.contiguous(memory_format=torch.channels_last), sb).float(), 1)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    logits = self.net(v.contiguous(memory_format=torch.channels_last), sb)
+                p = p + torch.softmax(logits.float(), 1)
             out.append((p / views).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.net.head[-1].out_features), np.float32)

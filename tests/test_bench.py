@@ -1,0 +1,18 @@
+"""`segplank bench`'s case selection and its report of a case that fails in its own process."""
+import pytest
+import torch
+
+from segplank.bench import run_bench
+
+
+def test_unknown_case_is_refused_with_the_case_names(tmp_path, tiny_checkpoint):
+    with pytest.raises(ValueError, match="no bench case named \\['densest'\\].*'dense'"):
+        run_bench(tiny_checkpoint, tmp_path, sparse_frames=1, dense_frames=1, cases=("densest",))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_case_failing_in_its_process_is_reported_not_waited_for(tmp_path, tiny_checkpoint):
+    """The case runs in a spawned process: its error (here --device cuda without a GPU) comes
+    back to the caller as one line, where the parent would otherwise wait for a result forever."""
+    with pytest.raises(RuntimeError, match="bench case 'sparse' failed: RunError: --device cuda was asked for"):
+        run_bench(tiny_checkpoint, tmp_path, sparse_frames=1, dense_frames=1, cases=("sparse",), device="cuda")

@@ -89,7 +89,7 @@ class DetectorConfig(_Section):
     proposals_per_tile: int | None = Field(1000, ge=50)  # RPN proposals scored per tile
     candidates_per_level: int | None = Field(2000, ge=50)  # RPN candidates per FPN level before NMS
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (detector and vignette classifier)
-    batch_tiles: int = Field(4, ge=1)
+    batch_tiles: int | None = Field(None, ge=1)  # tiles per model call; None: 4 on a CPU, 16 on a GPU
     # connected pieces of the foreground map go to the box head beside the RPN's proposals:
     # long, thin and large organisms that anchors miss are boxed whole
     component_proposals: bool = True

@@ -16,3 +16,14 @@ def test_a_case_failing_in_its_process_is_reported_not_waited_for(tmp_path, tiny
     back to the caller as one line, where the parent would otherwise wait for a result forever."""
     with pytest.raises(RuntimeError, match="bench case 'sparse' failed: RunError: --device cuda was asked for"):
         run_bench(tiny_checkpoint, tmp_path, sparse_frames=1, dense_frames=1, cases=("sparse",), device="cuda")
+
+
+def test_heap_trimmer_trims_at_most_once_per_interval():
+    from segplank.engine.memory import HeapTrimmer
+
+    calls = []
+    t = HeapTrimmer(every_s=3600)
+    t._trim = calls.append  # the C library's malloc_trim where there is one
+    for _ in range(5):
+        t()
+    assert calls == [0]

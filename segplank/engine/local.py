@@ -43,6 +43,7 @@ from .outdir import RunError, StopRequest, claimed
 from .prefetch import prefetch
 from ..stream import stream_ids
 from .line_stream import LineStreamRun, StreamSegment, plan_segments
+from .memory import HeapTrimmer
 from .stages import FrameDetector, Postprocessor, TiledFrame, Tiler
 from .timing import timed, untimed
 
@@ -477,6 +478,7 @@ class LocalRunner(RunnerBase):
                         line_stream=self.stream)
         frames = self._stream_frames(plan, rows) if self.stream else self._snapshot_frames(plan, rows)
         shard, buf = plan.first_shard, _ShardBuffer()
+        trim = HeapTrimmer()
         # the decode workers fork at the first frame, before the writer's first shard starts its thread
         with closing(frames), ShardWriter(plan.out_dir, self.write_queue) as writer:
             for item in frames:
@@ -485,6 +487,7 @@ class LocalRunner(RunnerBase):
                     continue
                 out, summary = item
                 buf.add(out)
+                trim()
                 self._account(stats, summary)
                 if buf.full(self.cfg.output):
                     writer.submit(buf, shard)

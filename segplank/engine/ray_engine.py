@@ -37,6 +37,7 @@ from ..geo import Locator
 from ..model.checkpoint import Checkpoint, load_checkpoint
 from ..structures import FrameInfo
 from .line_stream import LineStreamRun, StreamSegment
+from .memory import HeapTrimmer
 from .local import (FrameOutput, FrameSummary, RowMaker, RunError, RunnerBase, RunPlan, RunStats, _ShardBuffer,
                     build_stages, build_tiler)
 from .prefetch import Decoded, decode_and_tile
@@ -238,9 +239,11 @@ class DetectActor:
         self.stages = build_stages(cfg, ckpt, torch.device("cuda" if use_gpu else "cpu"))
         self.rows = RowMaker(Path(cruise_dir), Locator.from_cruise(Path(cruise_dir), cfg.geo), ckpt.classes,
                              cfg.instrument.line_rate_hz)
+        self.trim = HeapTrimmer()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out = [self._frame(pickle.loads(b)) for b in batch["decoded"]]
+        self.trim()
         return {"ordinal": list(batch["ordinal"]), "result": [pickle.dumps(r, protocol=5) for r in out]}
 
     def _frame(self, item: Decoded | SkippedFrame) -> tuple[FrameOutput, FrameSummary] | SkippedFrame:
@@ -270,6 +273,7 @@ class SegmentActor:
         self.out_dir, self.first_shard = Path(out_dir), first_shard
         self.run = LineStreamRun(stages, rows, self.cfg, len(ckpt.classes.names) + 1, self.clock, self.out_dir,
                                  band=st.band, match_iou=st.match_iou, max_open_frames=st.max_open_frames)
+        self.trim = HeapTrimmer()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         done: list[tuple[int, Any]] = []
@@ -287,6 +291,7 @@ class SegmentActor:
         """A written frame with the stage seconds spent since the last one."""
         if isinstance(item, SkippedFrame):
             return item
+        self.trim()
         seconds = dict(self.clock)
         self.clock.clear()
         return item[0], replace(item[1], seconds=seconds)

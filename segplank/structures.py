@@ -304,8 +304,9 @@ class FrameRecord:
     columns: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
-    def frame(self) -> FrameInfo | None:
-        return self.dets.frame
+    def pixel_size_um(self) -> float:
+        """µm per pixel of the objects' frame (1 where the frame is not known: sizes in pixels)."""
+        return self.dets.frame.pixel_size_um if self.dets.frame else 1.0
 
     def __len__(self) -> int:
         return len(self.dets)

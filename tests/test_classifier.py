@@ -319,6 +319,11 @@ def test_stages_use_the_checkpoint_classifier_unless_told_not_to(tmp_path, tiny_
     cpu = torch.device("cpu")
     s = build_stages(PipelineConfig(), with_clf, cpu)
     assert s.post.classifier is not None and s.post.candidates
+    # the classifier runs in the detector's precision: fp32 on a CPU unless bf16 is asked for
+    assert not s.post.classifier.amp and not s.detector.predictor.amp
+    bf16 = build_stages(PipelineConfig.model_validate({"detector": {"precision": "bf16"}}), with_clf, cpu)
+    assert bf16.post.classifier.amp and bf16.detector.predictor.amp
+    assert bf16.detector.predictor.batch_size == s.detector.predictor.batch_size == 4  # tiles per call on a CPU
     # the box head only proposes: every class at the candidate score, background never
     assert s.detector.predictor.thresholds.tolist() == pytest.approx([1.0] + [0.05] * len(ck.classes))
     # which candidates the mask head draws does not depend on which rows are written

@@ -207,8 +207,7 @@ class Postprocessor:
         d = rec.dets
         if not len(d):
             return rec
-        px = d.frame.pixel_size_um if d.frame else 1.0
-        probs = self.classifier(rec.image, d.masks, self.polarity, px)
+        probs = self.classifier(rec.image, d.masks, self.polarity, rec.pixel_size_um)
         labels, scores = decide(probs, self._plankton, self.decision)
         return rec.with_dets(d.replace(labels=labels, scores=scores)).keep(labels > 0)
 
@@ -235,8 +234,7 @@ class Postprocessor:
             rec = rec.keep((self._plankton[d.labels] | self.filter.keep_non_plankton)
                            & (d.scores >= self._thresholds[d.labels]))
             d = rec.dets
-        px = d.frame.pixel_size_um if d.frame else 1.0
-        esd = 2.0 * np.sqrt(d.masks.areas() / np.pi) * px
+        esd = 2.0 * np.sqrt(d.masks.areas() / np.pi) * rec.pixel_size_um
         ok = (esd >= self.filter.min_size_um) & (esd > 0)
         rec.counts.add("too_small", int((esd < self.filter.min_size_um).sum()))
         if self.filter.max_size_um is not None:
@@ -246,8 +244,7 @@ class Postprocessor:
 
     def measure(self, rec: FrameRecord) -> FrameRecord:
         """The measurement columns (µm, grey, shape) of every object."""
-        d = rec.dets
-        return replace(rec, columns=measure(d, rec.image, d.frame.pixel_size_um if d.frame else 1.0))
+        return replace(rec, columns=measure(rec.dets, rec.image, rec.pixel_size_um))
 
     def distinct(self, d: Detections) -> np.ndarray:
         """Sorted indices of the named objects that are neither a copy nor a part of a more confident one.

@@ -619,13 +619,15 @@ def bench(output: Path = typer.Option(Path("bench.json"), "-o", "--output", help
         _fail(str(e))
     write_json(result, output)
     t = Table(title=f"segplank bench ({result['machine']})")
-    for col in ("case", "frames/s", "det/frame", "det/s", "tiles run", "recall", "peak MB", "model", "other"):
+    for col in ("case", "frames/s", "det/frame", "det/s", "tiles run", "recall", "peak MB", "detector", "classifier",
+                "other"):
         t.add_column(col, justify="right")
     for name, r in result["cases"].items():
         share = r["stage_share"]
+        nets = share.get("model", 0), share.get("classify", 0)
         t.add_row(name, f"{r['frames_per_s']:.2f}", f"{r['detections_per_frame']:.0f}", f"{r['detections_per_s']:.0f}",
                   f"{r['tiles_run']}/{r['tiles']}", f"{r['plankton_recall']:.3f}", f"{r['peak_rss_mb']:.0f}",
-                  f"{share.get('model', 0):.0%}", f"{1 - share.get('model', 0):.0%}")
+                  f"{nets[0]:.0%}", f"{nets[1]:.0%}", f"{1 - sum(nets):.0%}")
     out.print(t)
     s = Table(title="stitcher: seconds per frame against objects per frame")
     for col in ("objects", "detections in", "seconds", "µs per object"):

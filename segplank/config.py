@@ -86,7 +86,7 @@ class TilingConfig(_Section):
 class DetectorConfig(_Section):
     """Inference-time knobs of the model; None keeps the checkpoint's own value."""
 
-    proposals_per_tile: int | None = Field(1000, ge=50)  # RPN proposals scored per tile
+    proposals_per_tile: int | None = Field(600, ge=50)  # RPN proposals scored per tile
     candidates_per_level: int | None = Field(2000, ge=50)  # RPN candidates per FPN level before NMS
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (detector and vignette classifier)
     batch_tiles: int | None = Field(None, ge=1)  # tiles per model call; None: 4 on a CPU, 16 on a GPU

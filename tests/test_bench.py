@@ -27,3 +27,27 @@ def test_heap_trimmer_trims_at_most_once_per_interval():
     for _ in range(5):
         t()
     assert calls == [0]
+
+
+def test_nested_stages_count_each_second_once_in_the_innermost():
+    import time
+
+    from segplank.engine.timing import timed
+
+    clock: dict[str, float] = {}
+    other: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with timed(clock, "stitch"):
+        time.sleep(0.02)
+        with timed(other, "write"):  # another clock's block does not come off this one's
+            with timed(clock, "measure"):
+                time.sleep(0.05)
+                with timed(clock, "classify"):
+                    time.sleep(0.1)
+    wall = time.perf_counter() - t0
+    # each block's own sleep, not its inner blocks' (which would put stitch at ≥ 0.17)
+    assert clock["classify"] >= 0.1 and 0.05 <= clock["measure"] < 0.1 and 0.02 <= clock["stitch"] < 0.05
+    assert sum(clock.values()) == pytest.approx(wall, abs=2e-3)
+    assert other["write"] >= 0.15
+    with timed(None, "model"):  # no clock: nothing counted, nothing raised
+        pass

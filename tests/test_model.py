@@ -89,3 +89,47 @@ def test_checkpoint_of_a_pretrained_model_builds_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     model = load_checkpoint(path).build("cpu")
     assert type(model.backbone.body.bn1).__name__ == "FrozenBatchNorm2d"  # the ImageNet recipe's layers
+
+
+def _random_norms(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Batch norms with statistics and scales far from their initial ones (what training leaves)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g))
+            m.running_var.copy_(torch.rand(n, generator=g) * 3 + 0.1)
+            m.weight.data.copy_(torch.randn(n, generator=g))
+            m.bias.data.copy_(torch.randn(n, generator=g))
+    return net.eval()
+
+
+def test_folded_norms_give_the_same_outputs_and_leave_the_network_as_it_was():
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from segplank.config import ModelConfig
+    from segplank.model.build import build_model
+    from segplank.model.classifier import ClassifierConfig, VignetteClassifier, VignetteNet
+    from segplank.model.fuse import fused_for_inference
+
+    def norms(m):
+        return sum(isinstance(x, (torch.nn.BatchNorm2d, FrozenBatchNorm2d)) for x in m.modules())
+
+    det = _random_norms(build_model(ModelConfig(backbone="mobilenet_v3_large", width_mult=0.5, fpn_channels=32,
+                                                tile_size=128), 3, pretrained=False))
+    keys = set(det.state_dict())
+    fused = fused_for_inference(det)
+    assert norms(det) > 20 and norms(fused) == 0 and set(det.state_dict()) == keys  # the original is untouched
+    x = torch.rand(2, 3, 128, 128)
+    with torch.inference_mode():
+        for name, f in det.backbone(x).items():
+            torch.testing.assert_close(fused.backbone(x)[name], f, rtol=1e-4, atol=1e-4)
+
+    net = _random_norms(VignetteNet(5, width=8), seed=1)
+    keys = set(net.state_dict())
+    clf = VignetteClassifier(net, ClassifierConfig(width=8), torch.device("cpu"))
+    assert norms(clf.net) == 0 and set(net.state_dict()) == keys  # a network being trained is saved whole
+    v, s = torch.rand(6, 2, 48, 48), torch.randn(6, 3)
+    with torch.inference_mode():
+        want = torch.softmax(net(v, s), 1).numpy()
+    np.testing.assert_allclose(clf.predict(v.numpy(), s.numpy()), want, rtol=1e-4, atol=1e-5)

@@ -307,7 +307,7 @@ class LineStreamRun:
         postprocessor's chain, counted with the frame that owns them."""
         part = FrameCounts(np.bincount(d.labels, minlength=self.n_classes))
         with timed(self.clock, "measure"):
-            rec = self.stages.post(FrameRecord(d, image, part))
+            rec = self.stages.post(FrameRecord(d, image, part), self.clock)
         self._found.setdefault(d.frame.path, FrameCounts(n_classes=self.n_classes)).merge(part)
         return rec.dets, rec.columns
 

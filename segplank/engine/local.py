@@ -147,7 +147,7 @@ class Stages:
         with torch.inference_mode():
             rec = self.detector(tf, clock)
             with timed(clock, "measure"):
-                rec = self.post(self.post.prepare(rec))
+                rec = self.post(self.post.prepare(rec), clock)
         with timed(clock, "write"):
             return rows(tf.frame, rec)
 

@@ -4,7 +4,6 @@ The local engine and a Ray engine run these very objects; nothing here touches g
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -22,6 +21,7 @@ from ..stitch import Stitcher
 from ..structures import CroppedMasks, Detections, FrameCounts, FrameInfo, FrameRecord
 from ..tiling import (component_boxes, crop_tiles, foreground_map, occupied_tiles, tile_grid, tile_proposals,
                       to_model_input)
+from .timing import timed
 
 
 @dataclass(frozen=True)
@@ -114,13 +114,17 @@ class Postprocessor:
         return (self.hand_over, self.refine, self.reject, self.classify, self.deduplicate, self.filter_objects,
                 self.measure)
 
-    def __call__(self, rec: FrameRecord) -> FrameRecord:
+    def __call__(self, rec: FrameRecord, clock: dict[str, float] | None = None) -> FrameRecord:
         """Prepared objects refined on ``rec.image`` (same coordinates), named, filtered, measured.
 
         ``rec.counts.per_class`` follows the classifier's names where it renames detections.
+        ``clock`` (optional) takes the seconds of refinement and of the classifier under their
+        own names, the other stages' under "measure".
         """
         for stage in self.chain:
-            rec = stage(rec)
+            name = stage.__name__
+            with timed(clock, name if name in _OWN_CLOCK else "measure"):
+                rec = stage(rec)
         rec.counts.written = len(rec)
         return rec
 
@@ -280,6 +284,8 @@ class Postprocessor:
         return np.sort(idx[kept])
 
 
+_OWN_CLOCK = ("refine", "classify")  # the postprocessor's stages a run's clock shows apart
+
 SPANNING_SHARE = 0.9  # a refined mask this share of the frame's width or height across is no organism
 
 
@@ -333,16 +339,13 @@ class FrameDetector:
 
         ``clock`` (optional) accumulates seconds spent in the model and in the stitcher.
         """
-        t0 = time.perf_counter()
-        tile_dets, capped = self.predictor.predict(tf.tiles, tf.proposals) if len(tf.run) else ([], 0)
-        t1 = time.perf_counter()
-        dets = self.stitcher(tile_dets, tf.windows, tf.run, frame=tf.frame)
-        if self.label_map is not None:
-            labels = torch.as_tensor(dets.labels)
-            dets = dets.replace(labels=self.label_map.to(labels.device)[labels].to(labels.dtype))
-        if clock is not None:
-            clock["model"] = clock.get("model", 0.0) + t1 - t0
-            clock["stitch"] = clock.get("stitch", 0.0) + time.perf_counter() - t1
+        with timed(clock, "model"):
+            tile_dets, capped = self.predictor.predict(tf.tiles, tf.proposals) if len(tf.run) else ([], 0)
+        with timed(clock, "stitch"):
+            dets = self.stitcher(tile_dets, tf.windows, tf.run, frame=tf.frame)
+            if self.label_map is not None:
+                labels = torch.as_tensor(dets.labels)
+                dets = dets.replace(labels=self.label_map.to(labels.device)[labels].to(labels.dtype))
         counts = FrameCounts(n_classes=self.n_classes)
         counts.add("tiles_run", len(tf.run))
         counts.add("capped_tiles", capped)

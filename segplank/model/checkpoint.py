@@ -21,6 +21,7 @@ from .. import __version__
 from ..config import ModelConfig
 from ..io.atomic import atomic_path
 from .build import build_model
+from .fuse import fused_for_inference
 
 if TYPE_CHECKING:
     from .classifier import ClassifierConfig, VignetteClassifier
@@ -157,7 +158,8 @@ class Checkpoint:
         return dataclasses.replace(self, classes=ClassMap(c.names, c.is_plankton, thr))
 
     def build(self, device: torch.device | str = "cpu", tile_size: int | None = None) -> nn.Module:
-        """The network, ready for inference on tiles of ``tile_size`` (never resized)."""
+        """The network, ready for inference on tiles of ``tile_size`` (never resized): in eval
+        mode, batch norms folded into their convolutions."""
         cfg = self.model_config if tile_size is None else self.model_config.model_copy(update={"tile_size": tile_size})
         model = build_model(cfg, len(self.network_classes), pretrained=False)  # the weights come from the checkpoint
         try:
@@ -165,7 +167,7 @@ class Checkpoint:
         except RuntimeError as e:
             first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
             raise CheckpointError(f"weights do not fit the model config in the checkpoint ({first})") from None
-        return model.to(device).eval()
+        return fused_for_inference(model.to(device))
 
     def save(self, path: Path, half: bool = True) -> Path:
         """Atomically write; fp16 weights halve the file at no cost to CPU/GPU inference."""

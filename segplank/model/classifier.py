@@ -27,6 +27,7 @@ from torch import nn
 
 from ..config import Polarity
 from ..structures import CroppedMasks
+from .fuse import fused_for_inference
 
 N_SCALARS = 3
 _MARGIN = 0.15  # share of the object's longer side added around it on each side
@@ -169,7 +170,8 @@ class VignetteClassifier:
 
     def __init__(self, net: VignetteNet, cfg: ClassifierConfig, device: torch.device, batch_size: int = 512,
                  amp: bool = False) -> None:
-        self.net = net.to(device, memory_format=torch.channels_last).eval()
+        # a copy, norms folded: the network given may go on being trained or be saved
+        self.net = fused_for_inference(net).to(device, memory_format=torch.channels_last)
         self.cfg = cfg
         self.device = device
         self.batch_size = batch_size
